@@ -1,0 +1,143 @@
+"""Generation: lists of requests in, results in the same order out.
+
+This is what the batching services call. A batch that BentoML hands over may mix
+parameters that one pipeline call cannot mix (size, steps, guidance, frames...), so
+requests are grouped by those parameters and each group is one pipeline call. Every
+request gets its own `torch.Generator` seeded from its own seed, so its result does not
+depend on its neighbours (up to float rounding, at most one 8-bit step). Generators live
+on the CPU, which makes a seed give the same noise on every device.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+from diffusers import StableDiffusion3Pipeline, StableVideoDiffusionPipeline
+from PIL import Image, ImageOps
+
+from genserve.presets import ImagePreset, VideoPreset
+from genserve.schemas import ImageRequest, VideoRequest
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    pixels: np.ndarray  # (height, width, 3) uint8 RGB
+    seed: int
+
+
+@dataclass(frozen=True)
+class GeneratedVideo:
+    frames: np.ndarray  # (frames, height, width, 3) uint8 RGB
+    fps: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """One image-to-video request: the conditioning image and its parameters."""
+
+    image: Image.Image
+    request: VideoRequest
+
+
+def group_compatible(items: Sequence[T], key: Callable[[T], Hashable]) -> list[list[int]]:
+    """Indices of `items` grouped by `key`, groups in order of first appearance."""
+    groups: dict[Hashable, list[int]] = defaultdict(list)
+    for index, item in enumerate(items):
+        groups[key(item)].append(index)
+    return list(groups.values())
+
+
+def _generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+
+
+def _to_uint8(images: np.ndarray) -> np.ndarray:
+    """Float images in [0, 1] to uint8, rounding as diffusers' own PIL conversion does."""
+    return (np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def _image_batch_key(request: ImageRequest) -> Hashable:
+    return (request.width, request.height, request.num_inference_steps, request.guidance_scale)
+
+
+def generate_images(
+    pipe: StableDiffusion3Pipeline, preset: ImagePreset, requests: Sequence[ImageRequest]
+) -> list[GeneratedImage]:
+    """Text to image for a batch of requests, one pipeline call per compatible group."""
+    results: list[GeneratedImage | None] = [None] * len(requests)
+    for indices in group_compatible(requests, _image_batch_key):
+        group = [requests[i] for i in indices]
+        first = group[0]
+        images = pipe(
+            prompt=[r.prompt for r in group],
+            negative_prompt=[r.negative_prompt for r in group],
+            width=first.width,
+            height=first.height,
+            num_inference_steps=first.num_inference_steps,
+            guidance_scale=first.guidance_scale,
+            max_sequence_length=preset.max_sequence_length,
+            generator=_generators([r.seed for r in group]),
+            output_type="np",
+        ).images
+        for index, request, pixels in zip(indices, group, _to_uint8(images), strict=True):
+            results[index] = GeneratedImage(pixels=pixels, seed=request.seed)
+    return results  # type: ignore[return-value]  # every slot is filled above
+
+
+def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Crop to the target aspect (centred) and resize: the video model sees no distortion."""
+    return ImageOps.fit(image.convert("RGB"), (width, height), method=Image.Resampling.LANCZOS)
+
+
+def _video_batch_key(job: VideoJob) -> Hashable:
+    r = job.request
+    return (r.num_frames, r.fps, r.motion_bucket_id, r.noise_aug_strength, r.num_inference_steps)
+
+
+def generate_videos(
+    pipe: StableVideoDiffusionPipeline, preset: VideoPreset, jobs: Sequence[VideoJob]
+) -> list[GeneratedVideo]:
+    """Image to video for a batch of jobs, one pipeline call per compatible group."""
+    results: list[GeneratedVideo | None] = [None] * len(jobs)
+    for indices in group_compatible(jobs, _video_batch_key):
+        group = [jobs[i] for i in indices]
+        first = group[0].request
+        latents = pipe(
+            image=[fit_image(job.image, preset.width, preset.height) for job in group],
+            width=preset.width,
+            height=preset.height,
+            num_frames=first.num_frames,
+            num_inference_steps=first.num_inference_steps,
+            min_guidance_scale=preset.min_guidance_scale,
+            max_guidance_scale=preset.max_guidance_scale,
+            fps=first.fps,
+            motion_bucket_id=first.motion_bucket_id,
+            noise_aug_strength=first.noise_aug_strength,
+            generator=_generators([job.request.seed for job in group]),
+            output_type="latent",
+        ).frames
+        for index, job, video_latents in zip(indices, group, latents, strict=True):
+            frames = _decode_video(pipe, video_latents, first.num_frames, preset.decode_chunk_size)
+            results[index] = GeneratedVideo(frames=frames, fps=job.request.fps, seed=job.request.seed)
+    return results  # type: ignore[return-value]
+
+
+@torch.inference_mode()
+def _decode_video(
+    pipe: StableVideoDiffusionPipeline, latents: torch.Tensor, num_frames: int, chunk_size: int
+) -> np.ndarray:
+    """Decode one video's latents to uint8 frames.
+
+    Decoded one video at a time because the pipeline's own decoder cuts the whole batch's
+    frames into chunks and its temporal layers would mix frames of neighbouring videos.
+    """
+    frames = pipe.decode_latents(latents.unsqueeze(0), num_frames, chunk_size)
+    return _to_uint8(pipe.video_processor.postprocess_video(video=frames, output_type="np"))[0]

@@ -1,0 +1,95 @@
+"""Loading pipelines: where the weights come from, which device and precision, which memory options.
+
+Every preset, the tiny one included, goes through the same `from_pretrained` call; only
+the source differs. A source is one of:
+
+- ``bentoml:<tag>`` - a model in the BentoML model store (how the tiny preset and baked-in
+  container models are found);
+- a local directory in the diffusers layout;
+- anything else is a Hugging Face Hub id (gated models read ``HF_TOKEN``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline, StableDiffusion3Pipeline, StableVideoDiffusionPipeline
+
+from genserve.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+STORE_PREFIX = "bentoml:"
+
+
+def resolve_source(source: str) -> str:
+    """Turn a model source into what `from_pretrained` takes: a local path or a hub id."""
+    if source.startswith(STORE_PREFIX):
+        import bentoml  # imported here: only store sources need it
+
+        tag = source.removeprefix(STORE_PREFIX)
+        try:
+            return bentoml.models.get(tag).path
+        except bentoml.exceptions.NotFound:
+            raise FileNotFoundError(
+                f"model {tag!r} is not in the BentoML model store; "
+                "import it first: python models/import_models.py --help"
+            ) from None
+    if Path(source).expanduser().is_dir():
+        return str(Path(source).expanduser())
+    return source
+
+
+def pick_device(settings: Settings) -> torch.device:
+    """CUDA when asked for or available ("auto"), the CPU otherwise."""
+    if settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _dtype(device: torch.device, cuda_dtype: str) -> torch.dtype:
+    """Half precision on the GPU as each preset prescribes; float32 on the CPU, where half is slow."""
+    return getattr(torch, cuda_dtype) if device.type == "cuda" else torch.float32
+
+
+def _place(pipe: DiffusionPipeline, device: torch.device, settings: Settings) -> DiffusionPipeline:
+    """Move the pipeline to its device, with the memory options the settings ask for."""
+    if settings.cpu_offload and device.type == "cuda":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_image_pipeline(settings: Settings) -> StableDiffusion3Pipeline:
+    """Load the text-to-image pipeline of the settings' image preset."""
+    device = pick_device(settings)
+    source = resolve_source(settings.image_source)
+    logger.info("loading image pipeline %s from %s on %s", settings.image_preset.name, source, device)
+    pipe = StableDiffusion3Pipeline.from_pretrained(
+        source, dtype=_dtype(device, settings.image_preset.cuda_dtype)
+    )
+    if settings.vae_slicing:
+        pipe.vae.enable_slicing()
+    if settings.vae_tiling:
+        pipe.vae.enable_tiling()
+    return _place(pipe, device, settings)
+
+
+def load_video_pipeline(settings: Settings) -> StableVideoDiffusionPipeline:
+    """Load the image-to-video pipeline of the settings' video preset.
+
+    The temporal VAE decodes frames in chunks (`decode_chunk_size`), which bounds its
+    memory; slicing and tiling do not apply to it.
+    """
+    device = pick_device(settings)
+    preset = settings.video_preset
+    source = resolve_source(settings.video_source)
+    logger.info("loading video pipeline %s from %s on %s", preset.name, source, device)
+    pipe = StableVideoDiffusionPipeline.from_pretrained(
+        source, dtype=_dtype(device, preset.cuda_dtype), variant=preset.variant
+    )
+    return _place(pipe, device, settings)

@@ -1,0 +1,232 @@
+"""Model presets: the one source of truth for what each model is, its defaults and its limits.
+
+Request schemas, the service's `/models` endpoint, the batching settings and the web UI all
+read from here, so a limit changed here changes everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Pixel sizes must be multiples of this: the VAE downsamples by 8 and SD3 patches by 2.
+SIZE_MULTIPLE = 16
+
+#: Longest prompt (characters) accepted; the encoders truncate tokens long before this.
+MAX_PROMPT_CHARS = 2000
+
+#: Frames the SVD pipeline needs at least (its temporal layers fail on a single frame).
+MIN_FRAMES = 2
+
+
+def store_tag(kind: str, preset_name: str) -> str:
+    """The BentoML model-store name under which `models/import_models.py` puts a preset's model."""
+    return f"genserve-{kind}-{preset_name}"
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Adaptive batching defaults of one generator (overridable at deploy time)."""
+
+    max_batch_size: int
+    max_latency_ms: int
+
+
+@dataclass(frozen=True)
+class ImagePreset:
+    """A text-to-image model (Stable Diffusion 3.x architecture) with its defaults and limits."""
+
+    name: str
+    source: str  # Hugging Face id, local directory, or "bentoml:<tag>"
+    cuda_dtype: str
+    default_width: int
+    default_height: int
+    max_width: int
+    max_height: int
+    default_steps: int
+    max_steps: int
+    default_guidance: float
+    max_guidance: float
+    max_sequence_length: int  # T5 tokens
+    batching: Batching
+    gated: bool = False
+
+
+@dataclass(frozen=True)
+class VideoPreset:
+    """An image-to-video model (Stable Video Diffusion architecture) with its defaults and limits.
+
+    Videos are always made at the preset's own size: SVD is trained for one resolution, so
+    input images are cropped to its aspect and resized rather than distorted.
+    """
+
+    name: str
+    source: str
+    cuda_dtype: str
+    variant: str | None  # weight file variant on the hub ("fp16"), None for full precision
+    width: int
+    height: int
+    default_frames: int
+    max_frames: int
+    default_fps: int
+    max_fps: int
+    default_steps: int
+    max_steps: int
+    default_motion_bucket_id: int
+    default_noise_aug_strength: float
+    min_guidance_scale: float
+    max_guidance_scale: float
+    decode_chunk_size: int
+    batching: Batching
+    gated: bool = False
+
+
+IMAGE_PRESETS: dict[str, ImagePreset] = {
+    preset.name: preset
+    for preset in (
+        ImagePreset(
+            name="tiny",
+            source=f"bentoml:{store_tag('image', 'tiny')}",
+            cuda_dtype="float32",
+            default_width=64,
+            default_height=64,
+            max_width=256,
+            max_height=256,
+            default_steps=8,
+            max_steps=50,
+            default_guidance=5.0,
+            max_guidance=20.0,
+            max_sequence_length=64,
+            batching=Batching(max_batch_size=8, max_latency_ms=60_000),
+        ),
+        ImagePreset(
+            name="sd35-large",
+            source="stabilityai/stable-diffusion-3.5-large",
+            cuda_dtype="bfloat16",
+            default_width=1024,
+            default_height=1024,
+            max_width=1536,
+            max_height=1536,
+            default_steps=28,
+            max_steps=100,
+            default_guidance=3.5,
+            max_guidance=20.0,
+            max_sequence_length=256,
+            batching=Batching(max_batch_size=4, max_latency_ms=300_000),
+            gated=True,
+        ),
+        ImagePreset(
+            name="sd35-large-turbo",
+            source="stabilityai/stable-diffusion-3.5-large-turbo",
+            cuda_dtype="bfloat16",
+            default_width=1024,
+            default_height=1024,
+            max_width=1536,
+            max_height=1536,
+            default_steps=4,
+            max_steps=16,
+            default_guidance=0.0,
+            max_guidance=20.0,
+            max_sequence_length=256,
+            batching=Batching(max_batch_size=8, max_latency_ms=120_000),
+            gated=True,
+        ),
+        ImagePreset(
+            name="sd35-medium",
+            source="stabilityai/stable-diffusion-3.5-medium",
+            cuda_dtype="bfloat16",
+            default_width=1024,
+            default_height=1024,
+            max_width=1440,
+            max_height=1440,
+            default_steps=40,
+            max_steps=100,
+            default_guidance=4.5,
+            max_guidance=20.0,
+            max_sequence_length=256,
+            batching=Batching(max_batch_size=8, max_latency_ms=300_000),
+            gated=True,
+        ),
+    )
+}
+
+VIDEO_PRESETS: dict[str, VideoPreset] = {
+    preset.name: preset
+    for preset in (
+        VideoPreset(
+            name="tiny",
+            source=f"bentoml:{store_tag('video', 'tiny')}",
+            cuda_dtype="float32",
+            variant=None,
+            width=64,
+            height=64,
+            default_frames=8,
+            max_frames=16,
+            default_fps=7,
+            max_fps=30,
+            default_steps=4,
+            max_steps=25,
+            default_motion_bucket_id=127,
+            default_noise_aug_strength=0.02,
+            min_guidance_scale=1.0,
+            max_guidance_scale=3.0,
+            decode_chunk_size=8,
+            batching=Batching(max_batch_size=4, max_latency_ms=120_000),
+        ),
+        VideoPreset(
+            name="svd-xt",
+            source="stabilityai/stable-video-diffusion-img2vid-xt",
+            cuda_dtype="float16",
+            variant="fp16",
+            width=1024,
+            height=576,
+            default_frames=25,
+            max_frames=25,
+            default_fps=7,
+            max_fps=30,
+            default_steps=25,
+            max_steps=50,
+            default_motion_bucket_id=127,
+            default_noise_aug_strength=0.02,
+            min_guidance_scale=1.0,
+            max_guidance_scale=3.0,
+            decode_chunk_size=8,
+            batching=Batching(max_batch_size=2, max_latency_ms=600_000),
+        ),
+        VideoPreset(
+            name="svd",
+            source="stabilityai/stable-video-diffusion-img2vid",
+            cuda_dtype="float16",
+            variant="fp16",
+            width=1024,
+            height=576,
+            default_frames=14,
+            max_frames=14,
+            default_fps=7,
+            max_fps=30,
+            default_steps=25,
+            max_steps=50,
+            default_motion_bucket_id=127,
+            default_noise_aug_strength=0.02,
+            min_guidance_scale=1.0,
+            max_guidance_scale=3.0,
+            decode_chunk_size=8,
+            batching=Batching(max_batch_size=2, max_latency_ms=600_000),
+        ),
+    )
+}
+
+
+def image_preset(name: str) -> ImagePreset:
+    """Look up an image preset, naming the valid ones when the name is unknown."""
+    try:
+        return IMAGE_PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown image preset {name!r}; choose one of {sorted(IMAGE_PRESETS)}") from None
+
+
+def video_preset(name: str) -> VideoPreset:
+    """Look up a video preset, naming the valid ones when the name is unknown."""
+    try:
+        return VIDEO_PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown video preset {name!r}; choose one of {sorted(VIDEO_PRESETS)}") from None

@@ -1,0 +1,87 @@
+"""Deploy-time settings, read from the environment once.
+
+Every knob an operator may turn lives here, with its environment variable, so the
+README, the container and the Kubernetes manifests have one list to follow.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from genserve.presets import ImagePreset, VideoPreset, image_preset, video_preset
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    value = environ.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={value!r} is not a boolean (use 1/0, true/false, yes/no, on/off)")
+
+
+def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    value = environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not an integer") from None
+    if number < 1:
+        raise ValueError(f"{name}={value!r} must be at least 1")
+    return number
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What to load and how, chosen at deploy time."""
+
+    image_preset: ImagePreset
+    video_preset: VideoPreset
+    image_source: str  # Hugging Face id, local directory, or "bentoml:<tag>"
+    video_source: str
+    device: str  # "auto" picks CUDA when present
+    cpu_offload: bool  # diffusers model CPU offload: less GPU memory, slower
+    vae_slicing: bool  # decode a batch one image at a time: less peak memory
+    vae_tiling: bool  # decode large images in tiles: less peak memory
+    image_max_batch_size: int
+    image_max_latency_ms: int
+    video_max_batch_size: int
+    video_max_latency_ms: int
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+        image = image_preset(environ.get("GENSERVE_IMAGE_PRESET") or "tiny")
+        video = video_preset(environ.get("GENSERVE_VIDEO_PRESET") or "tiny")
+        device = environ.get("GENSERVE_DEVICE") or "auto"
+        if device not in DEVICES:
+            raise ValueError(f"GENSERVE_DEVICE={device!r} must be one of {DEVICES}")
+        return cls(
+            image_preset=image,
+            video_preset=video,
+            image_source=environ.get("GENSERVE_IMAGE_MODEL") or image.source,
+            video_source=environ.get("GENSERVE_VIDEO_MODEL") or video.source,
+            device=device,
+            cpu_offload=_flag(environ, "GENSERVE_CPU_OFFLOAD", False),
+            vae_slicing=_flag(environ, "GENSERVE_VAE_SLICING", True),
+            vae_tiling=_flag(environ, "GENSERVE_VAE_TILING", False),
+            image_max_batch_size=_positive_int(
+                environ, "GENSERVE_IMAGE_MAX_BATCH_SIZE", image.batching.max_batch_size
+            ),
+            image_max_latency_ms=_positive_int(
+                environ, "GENSERVE_IMAGE_MAX_LATENCY_MS", image.batching.max_latency_ms
+            ),
+            video_max_batch_size=_positive_int(
+                environ, "GENSERVE_VIDEO_MAX_BATCH_SIZE", video.batching.max_batch_size
+            ),
+            video_max_latency_ms=_positive_int(
+                environ, "GENSERVE_VIDEO_MAX_LATENCY_MS", video.batching.max_latency_ms
+            ),
+        )

@@ -1,0 +1,51 @@
+"""Deploy-time settings from the environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from genserve.presets import IMAGE_PRESETS, VIDEO_PRESETS
+from genserve.settings import Settings
+
+
+def test_defaults_are_the_tiny_preset_from_the_model_store() -> None:
+    settings = Settings.from_env({})
+    assert settings.image_preset.name == settings.video_preset.name == "tiny"
+    assert settings.image_source == "bentoml:genserve-image-tiny"
+    assert settings.video_source == "bentoml:genserve-video-tiny"
+    assert settings.image_max_batch_size == IMAGE_PRESETS["tiny"].batching.max_batch_size
+
+
+def test_environment_chooses_presets_sources_and_batching() -> None:
+    settings = Settings.from_env(
+        {
+            "GENSERVE_IMAGE_PRESET": "sd35-large",
+            "GENSERVE_VIDEO_PRESET": "svd-xt",
+            "GENSERVE_IMAGE_MODEL": "/models/sd35",
+            "GENSERVE_DEVICE": "cuda",
+            "GENSERVE_CPU_OFFLOAD": "yes",
+            "GENSERVE_VIDEO_MAX_BATCH_SIZE": "3",
+        }
+    )
+    assert settings.image_preset is IMAGE_PRESETS["sd35-large"]
+    assert settings.image_source == "/models/sd35"
+    assert settings.video_source == VIDEO_PRESETS["svd-xt"].source
+    assert settings.device == "cuda" and settings.cpu_offload
+    assert settings.video_max_batch_size == 3
+    assert settings.video_max_latency_ms == VIDEO_PRESETS["svd-xt"].batching.max_latency_ms
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("GENSERVE_IMAGE_PRESET", "sd4", "unknown image preset 'sd4'"),
+        ("GENSERVE_VIDEO_PRESET", "sora", "unknown video preset 'sora'"),
+        ("GENSERVE_DEVICE", "tpu", "GENSERVE_DEVICE"),
+        ("GENSERVE_VAE_TILING", "maybe", "GENSERVE_VAE_TILING"),
+        ("GENSERVE_IMAGE_MAX_BATCH_SIZE", "0", "GENSERVE_IMAGE_MAX_BATCH_SIZE"),
+        ("GENSERVE_VIDEO_MAX_LATENCY_MS", "soon", "GENSERVE_VIDEO_MAX_LATENCY_MS"),
+    ],
+)
+def test_bad_settings_fail_naming_the_variable(name: str, value: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Settings.from_env({name: value})
