@@ -12,38 +12,30 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 import torch
 from diffusers import StableDiffusion3Pipeline, StableVideoDiffusionPipeline
 from PIL import Image, ImageOps
+from pydantic import BaseModel, ConfigDict
 
+from genserve.media import decode_image
 from genserve.presets import ImagePreset, VideoPreset
 from genserve.schemas import ImageRequest, VideoRequest
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class GeneratedImage:
-    pixels: np.ndarray  # (height, width, 3) uint8 RGB
-    seed: int
+class VideoJob(BaseModel):
+    """One image-to-video request: the conditioning image (encoded, as uploaded) and its parameters.
 
+    The image travels encoded because jobs cross process boundaries between services.
+    """
 
-@dataclass(frozen=True)
-class GeneratedVideo:
-    frames: np.ndarray  # (frames, height, width, 3) uint8 RGB
-    fps: int
-    seed: int
+    model_config = ConfigDict(frozen=True)
 
-
-@dataclass(frozen=True)
-class VideoJob:
-    """One image-to-video request: the conditioning image and its parameters."""
-
-    image: Image.Image
+    image: bytes
     request: VideoRequest
 
 
@@ -70,9 +62,12 @@ def _image_batch_key(request: ImageRequest) -> Hashable:
 
 def generate_images(
     pipe: StableDiffusion3Pipeline, preset: ImagePreset, requests: Sequence[ImageRequest]
-) -> list[GeneratedImage]:
-    """Text to image for a batch of requests, one pipeline call per compatible group."""
-    results: list[GeneratedImage | None] = [None] * len(requests)
+) -> list[np.ndarray]:
+    """Text to image for a batch of requests, one pipeline call per compatible group.
+
+    Returns one (height, width, 3) uint8 RGB array per request, in request order.
+    """
+    results: list[np.ndarray | None] = [None] * len(requests)
     for indices in group_compatible(requests, _image_batch_key):
         group = [requests[i] for i in indices]
         first = group[0]
@@ -87,8 +82,8 @@ def generate_images(
             generator=_generators([r.seed for r in group]),
             output_type="np",
         ).images
-        for index, request, pixels in zip(indices, group, _to_uint8(images), strict=True):
-            results[index] = GeneratedImage(pixels=pixels, seed=request.seed)
+        for index, pixels in zip(indices, _to_uint8(images), strict=True):
+            results[index] = pixels
     return results  # type: ignore[return-value]  # every slot is filled above
 
 
@@ -104,14 +99,17 @@ def _video_batch_key(job: VideoJob) -> Hashable:
 
 def generate_videos(
     pipe: StableVideoDiffusionPipeline, preset: VideoPreset, jobs: Sequence[VideoJob]
-) -> list[GeneratedVideo]:
-    """Image to video for a batch of jobs, one pipeline call per compatible group."""
-    results: list[GeneratedVideo | None] = [None] * len(jobs)
+) -> list[np.ndarray]:
+    """Image to video for a batch of jobs, one pipeline call per compatible group.
+
+    Returns one (frames, height, width, 3) uint8 RGB array per job, in job order.
+    """
+    results: list[np.ndarray | None] = [None] * len(jobs)
     for indices in group_compatible(jobs, _video_batch_key):
         group = [jobs[i] for i in indices]
         first = group[0].request
         latents = pipe(
-            image=[fit_image(job.image, preset.width, preset.height) for job in group],
+            image=[fit_image(decode_image(job.image), preset.width, preset.height) for job in group],
             width=preset.width,
             height=preset.height,
             num_frames=first.num_frames,
@@ -124,9 +122,8 @@ def generate_videos(
             generator=_generators([job.request.seed for job in group]),
             output_type="latent",
         ).frames
-        for index, job, video_latents in zip(indices, group, latents, strict=True):
-            frames = _decode_video(pipe, video_latents, first.num_frames, preset.decode_chunk_size)
-            results[index] = GeneratedVideo(frames=frames, fps=job.request.fps, seed=job.request.seed)
+        for index, video_latents in zip(indices, latents, strict=True):
+            results[index] = _decode_video(pipe, video_latents, first.num_frames, preset.decode_chunk_size)
     return results  # type: ignore[return-value]
 
 

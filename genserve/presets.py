@@ -17,6 +17,13 @@ MAX_PROMPT_CHARS = 2000
 #: Frames the SVD pipeline needs at least (its temporal layers fail on a single frame).
 MIN_FRAMES = 2
 
+#: Uploaded conditioning images: the formats decoded, and bounds checked before decoding
+#: (a small file can claim a huge size: a decompression bomb).
+UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP")
+MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+MAX_UPLOAD_PIXELS = 4096 * 4096
+MIN_UPLOAD_SIDE = 16
+
 
 def store_tag(kind: str, preset_name: str) -> str:
     """The BentoML model-store name under which `models/import_models.py` puts a preset's model."""

@@ -73,6 +73,38 @@ class VideoRequest(Strict):
     output_format: VideoFormat = "mp4"
 
 
+class TextToVideoRequest(VideoRequest):
+    """Text to video: an image made from the prompt at the video's size, then animated."""
+
+    prompt: Prompt
+    negative_prompt: NegativePrompt = ""
+    image_steps: int
+    guidance_scale: float
+
+    def image_request(self, preset: VideoPreset) -> ImageRequest:
+        """The first stage: a PNG at exactly the video's size, so nothing is cropped or stretched."""
+        return ImageRequest(
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            width=preset.width,
+            height=preset.height,
+            num_inference_steps=self.image_steps,
+            guidance_scale=self.guidance_scale,
+            seed=self.seed,
+            output_format="png",
+        )
+
+    def video_request(self) -> VideoRequest:
+        return VideoRequest(**self.model_dump(include=set(VideoRequest.model_fields)))
+
+
+def _image_fields(preset: ImagePreset) -> dict:
+    return {
+        "num_inference_steps": (int, Field(preset.default_steps, ge=1, le=preset.max_steps)),
+        "guidance_scale": (float, Field(preset.default_guidance, ge=0.0, le=preset.max_guidance)),
+    }
+
+
 def image_request_model(preset: ImagePreset) -> type[ImageRequest]:
     """`ImageRequest` with the defaults and bounds of one image preset."""
     size = dict(ge=MIN_SIZE, multiple_of=SIZE_MULTIPLE)
@@ -82,17 +114,12 @@ def image_request_model(preset: ImagePreset) -> type[ImageRequest]:
         __doc__=ImageRequest.__doc__,
         width=(int, Field(preset.default_width, le=preset.max_width, **size)),
         height=(int, Field(preset.default_height, le=preset.max_height, **size)),
-        num_inference_steps=(int, Field(preset.default_steps, ge=1, le=preset.max_steps)),
-        guidance_scale=(float, Field(preset.default_guidance, ge=0.0, le=preset.max_guidance)),
+        **_image_fields(preset),
     )
 
 
-def video_request_model(preset: VideoPreset) -> type[VideoRequest]:
-    """`VideoRequest` with the defaults and bounds of one video preset."""
-    return create_model(
-        "VideoRequest",
-        __base__=VideoRequest,
-        __doc__=VideoRequest.__doc__,
+def _video_fields(preset: VideoPreset) -> dict:
+    return dict(
         num_frames=(int, Field(preset.default_frames, ge=MIN_FRAMES, le=preset.max_frames)),
         fps=(int, Field(preset.default_fps, ge=1, le=preset.max_fps)),
         motion_bucket_id=(
@@ -109,4 +136,24 @@ def video_request_model(preset: VideoPreset) -> type[VideoRequest]:
             ),
         ),
         num_inference_steps=(int, Field(preset.default_steps, ge=1, le=preset.max_steps)),
+    )
+
+
+def video_request_model(preset: VideoPreset) -> type[VideoRequest]:
+    """`VideoRequest` with the defaults and bounds of one video preset."""
+    return create_model(
+        "VideoRequest", __base__=VideoRequest, __doc__=VideoRequest.__doc__, **_video_fields(preset)
+    )
+
+
+def text_to_video_request_model(image: ImagePreset, video: VideoPreset) -> type[TextToVideoRequest]:
+    """`TextToVideoRequest` with the image preset's steps and guidance and the video preset's rest."""
+    image_fields = _image_fields(image)
+    return create_model(
+        "TextToVideoRequest",
+        __base__=TextToVideoRequest,
+        __doc__=TextToVideoRequest.__doc__,
+        image_steps=image_fields["num_inference_steps"],
+        guidance_scale=image_fields["guidance_scale"],
+        **_video_fields(video),
     )

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from genserve.presets import ImagePreset, VideoPreset, image_preset, video_preset
 
 DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_TIMEOUT_S = 900
 
 
 def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
@@ -24,6 +25,17 @@ def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
     if value.lower() in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"{name}={value!r} is not a boolean (use 1/0, true/false, yes/no, on/off)")
+
+
+def _gpus(environ: Mapping[str, str], name: str) -> float:
+    value = environ.get(name) or "1"
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a number") from None
+    if number < 0:
+        raise ValueError(f"{name}={value!r} must not be negative")
+    return number
 
 
 def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -55,6 +67,15 @@ class Settings:
     image_max_latency_ms: int
     video_max_batch_size: int
     video_max_latency_ms: int
+    image_gpus: float  # GPUs per image generator worker; 0.5 lets both generators share one GPU
+    video_gpus: float
+    request_timeout_s: int  # long enough for a queued video job
+
+    def generator_resources(self, gpus: float) -> dict:
+        """BentoML `resources` of a generator service: GPUs to schedule it on, if any."""
+        if gpus == 0:
+            return {"cpu": "1"}
+        return {"gpu": int(gpus) if gpus.is_integer() else gpus, "gpu_type": "nvidia"}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -84,4 +105,7 @@ class Settings:
             video_max_latency_ms=_positive_int(
                 environ, "GENSERVE_VIDEO_MAX_LATENCY_MS", video.batching.max_latency_ms
             ),
+            image_gpus=_gpus(environ, "GENSERVE_IMAGE_GPUS"),
+            video_gpus=_gpus(environ, "GENSERVE_VIDEO_GPUS"),
+            request_timeout_s=_positive_int(environ, "GENSERVE_REQUEST_TIMEOUT_S", DEFAULT_TIMEOUT_S),
         )

@@ -29,8 +29,8 @@ def max_step_difference(a: np.ndarray, b: np.ndarray) -> int:
 
 
 def generate_one(pipe, settings, request) -> np.ndarray:
-    [result] = generate_images(pipe, settings.image_preset, [request])
-    return result.pixels
+    [pixels] = generate_images(pipe, settings.image_preset, [request])
+    return pixels
 
 
 def test_group_compatible_keeps_first_appearance_order() -> None:
@@ -62,9 +62,8 @@ def test_same_seed_gives_identical_bytes(image_pipe, settings, image_request) ->
 def test_batched_matches_alone(image_pipe, settings, image_request) -> None:
     requests = [image_request(prompt=f"a giant robot number {i}", seed=100 + i) for i in range(4)]
     batched = generate_images(image_pipe, settings.image_preset, requests)
-    for request, result in zip(requests, batched, strict=True):
-        assert result.seed == request.seed
-        assert max_step_difference(result.pixels, generate_one(image_pipe, settings, request)) <= ONE_STEP
+    for request, pixels in zip(requests, batched, strict=True):
+        assert max_step_difference(pixels, generate_one(image_pipe, settings, request)) <= ONE_STEP
 
 
 def test_mixed_batch_gives_each_request_its_own_output_in_order(image_pipe, settings, image_request) -> None:
@@ -77,12 +76,11 @@ def test_mixed_batch_gives_each_request_its_own_output_in_order(image_pipe, sett
         image_request(prompt="a blue ocean", width=64, height=64, seed=6, negative_prompt="blurry"),
     ]
     results = generate_images(image_pipe, settings.image_preset, requests)
-    assert [r.seed for r in results] == [1, 2, 3, 4, 5, 6]
-    for request, result in zip(requests, results, strict=True):
-        assert result.pixels.shape == (request.height, request.width, 3)
-        assert max_step_difference(result.pixels, generate_one(image_pipe, settings, request)) <= ONE_STEP
+    for request, pixels in zip(requests, results, strict=True):
+        assert pixels.shape == (request.height, request.width, 3)
+        assert max_step_difference(pixels, generate_one(image_pipe, settings, request)) <= ONE_STEP
     # Same size and steps but different prompt/seed/negative prompt: different images.
-    assert max_step_difference(results[0].pixels, results[5].pixels) > ONE_STEP
+    assert max_step_difference(results[0], results[5]) > ONE_STEP
 
 
 def test_fit_image_crops_to_aspect_without_distortion() -> None:
@@ -101,10 +99,10 @@ def test_fit_image_crops_to_aspect_without_distortion() -> None:
 def test_video_decodes_back_with_requested_frames_and_fps(video_pipe, settings, video_request, fmt) -> None:
     preset = settings.video_preset
     request = video_request(num_frames=6, fps=10, num_inference_steps=2, seed=3, output_format=fmt)
-    image = Image.new("RGB", (100, 80), (200, 40, 40))
+    image = encode_image(np.full((80, 100, 3), (200, 40, 40), np.uint8), "png")
     [video] = generate_videos(video_pipe, preset, [VideoJob(image=image, request=request)])
-    assert video.frames.shape == (6, preset.height, preset.width, 3)
-    frames, fps = read_video(encode_video(video.frames, video.fps, fmt), fmt)
+    assert video.shape == (6, preset.height, preset.width, 3)
+    frames, fps = read_video(encode_video(video, request.fps, fmt), fmt)
     assert frames.shape == (6, preset.height, preset.width, 3)
     assert fps == pytest.approx(10, abs=0.1)
 
@@ -112,14 +110,15 @@ def test_video_decodes_back_with_requested_frames_and_fps(video_pipe, settings, 
 @pytest.mark.slow
 def test_video_batch_matches_alone_and_keeps_order(video_pipe, settings, video_request) -> None:
     preset = settings.video_preset
-    red, green = Image.new("RGB", (64, 64), (220, 30, 30)), Image.new("RGB", (96, 64), (30, 220, 30))
+    red = encode_image(np.full((64, 64, 3), (220, 30, 30), np.uint8), "png")
+    green = encode_image(np.full((64, 96, 3), (30, 220, 30), np.uint8), "jpeg")
     jobs = [
-        VideoJob(red, video_request(num_frames=4, num_inference_steps=2, seed=1)),
-        VideoJob(green, video_request(num_frames=3, num_inference_steps=2, seed=2)),
-        VideoJob(green, video_request(num_frames=4, num_inference_steps=2, seed=3)),
+        VideoJob(image=red, request=video_request(num_frames=4, num_inference_steps=2, seed=1)),
+        VideoJob(image=green, request=video_request(num_frames=3, num_inference_steps=2, seed=2)),
+        VideoJob(image=green, request=video_request(num_frames=4, num_inference_steps=2, seed=3)),
     ]
     videos = generate_videos(video_pipe, preset, jobs)
-    assert [v.frames.shape[0] for v in videos] == [4, 3, 4]
+    assert [len(video) for video in videos] == [4, 3, 4]
     for job, video in zip(jobs, videos, strict=True):
         [alone] = generate_videos(video_pipe, preset, [job])
-        assert max_step_difference(video.frames, alone.frames) <= ONE_STEP
+        assert max_step_difference(video, alone) <= ONE_STEP
