@@ -78,11 +78,7 @@ class ImageGenerator:
     def __is_ready__(self) -> bool:
         return self.pipe.ready
 
-    @bentoml.api(
-        batchable=True,
-        max_batch_size=settings.image_max_batch_size,
-        max_latency_ms=settings.image_max_latency_ms,
-    )
+    @bentoml.api(**settings.batching(settings.image_max_batch_size, settings.image_max_latency_ms))
     def generate(self, batch: list[Queued[ImageRequest]]) -> list[np.ndarray]:
         pipe = self.pipe.get()
         return run_batch("image", batch, lambda items: generate_images(pipe, settings.image_preset, items))
@@ -110,11 +106,7 @@ class VideoGenerator:
     def __is_ready__(self) -> bool:
         return self.pipe.ready
 
-    @bentoml.api(
-        batchable=True,
-        max_batch_size=settings.video_max_batch_size,
-        max_latency_ms=settings.video_max_latency_ms,
-    )
+    @bentoml.api(**settings.batching(settings.video_max_batch_size, settings.video_max_latency_ms))
     def generate(self, batch: list[Queued[VideoJob]]) -> list[np.ndarray]:
         pipe = self.pipe.get()
         return run_batch("video", batch, lambda jobs: generate_videos(pipe, settings.video_preset, jobs))

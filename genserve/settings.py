@@ -71,11 +71,19 @@ class Settings:
     video_gpus: float
     request_timeout_s: int  # long enough for a queued video job
 
+    @staticmethod
+    def batching(max_batch_size: int, max_latency_ms: int) -> dict:
+        """`bentoml.api` arguments of a generator method. A batch size of 1 turns adaptive batching
+        off (BentoML refuses batchable methods with a maximum of 1); the method is the same."""
+        if max_batch_size == 1:
+            return {"batchable": False}
+        return {"batchable": True, "max_batch_size": max_batch_size, "max_latency_ms": max_latency_ms}
+
     def generator_resources(self, gpus: float) -> dict:
         """BentoML `resources` of a generator service: GPUs to schedule it on, if any."""
         if gpus == 0:
             return {"cpu": "1"}
-        return {"gpu": int(gpus) if gpus.is_integer() else gpus, "gpu_type": "nvidia"}
+        return {"gpu": int(gpus) if float(gpus).is_integer() else gpus}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,3 +51,60 @@ def video_pipe(settings):
     from genserve.loading import load_video_pipeline
 
     return load_video_pipeline(settings)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float = 180) -> None:
+    """Poll /readyz until 200; fail early if the server process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode} before it was ready")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} was not ready within {timeout} s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM the BentoML arbiter (it stops its workers), then make sure the group is gone."""
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tiny_models, tmp_path_factory) -> str:
+    """A real `bentoml serve service.py` on the tiny preset, on a free port; yields its URL."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    command = [sys.executable, "-m", "bentoml", "serve", "service.py", "--host", "127.0.0.1"]
+    command += ["--port", str(port)]
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process)
+        yield url
+    except Exception:
+        print(log.read_text()[-5000:])
+        raise
+    finally:
+        stop(process)

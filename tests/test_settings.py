@@ -49,3 +49,13 @@ def test_environment_chooses_presets_sources_and_batching() -> None:
 def test_bad_settings_fail_naming_the_variable(name: str, value: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Settings.from_env({name: value})
+
+
+def test_batch_size_one_turns_batching_off() -> None:
+    assert Settings.batching(1, 100) == {"batchable": False}
+    assert Settings.batching(8, 100) == {"batchable": True, "max_batch_size": 8, "max_latency_ms": 100}
+
+
+@pytest.mark.parametrize(("gpus", "resources"), [(0, {"cpu": "1"}), (1, {"gpu": 1}), (0.5, {"gpu": 0.5})])
+def test_generator_resources(gpus: float, resources: dict) -> None:
+    assert Settings.from_env({}).generator_resources(gpus) == resources

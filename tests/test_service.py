@@ -1,0 +1,236 @@
+"""The served API, end to end: a real `bentoml serve` of service.py on the tiny preset."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+import bentoml
+import httpx
+import numpy as np
+import pytest
+from decoding import read_image, read_video
+
+from genserve.generation import generate_images
+from genserve.media import encode_image
+from genserve.schemas import image_request_model
+
+TIMEOUT = 120
+
+
+def post_image(url: str, **fields) -> httpx.Response:
+    return httpx.post(f"{url}/txt2img", json=fields, timeout=TIMEOUT)
+
+
+def png_of(color: tuple[int, int, int], width: int = 80, height: int = 64) -> bytes:
+    return encode_image(np.full((height, width, 3), color, np.uint8), "png")
+
+
+def error_fields(response: httpx.Response) -> list[str]:
+    return [".".join(str(part) for part in item["loc"]) for item in response.json().get("detail", [])]
+
+
+def batch_sizes(url: str) -> dict[str, float]:
+    """Count and sum of the image generator's adaptive batch-size histogram."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    totals = {"count": 0.0, "sum": 0.0}
+    for kind in totals:
+        pattern = (
+            rf'^bentoml_service_adaptive_batch_size_{kind}{{[^}}]*runner_name="ImageGenerator"[^}}]*}} (\S+)$'
+        )
+        totals[kind] = sum(float(value) for value in re.findall(pattern, text, re.MULTILINE))
+    return totals
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+def test_txt2img_returns_the_image_file_and_its_seed(server, fmt) -> None:
+    response = post_image(server, prompt="a red cat", width=128, height=64, seed=5, output_format=fmt)
+    assert response.status_code == 200, response.text
+    mime, pixels = read_image(response.content)
+    assert response.headers["content-type"] == mime == f"image/{fmt}"
+    assert pixels.shape == (64, 128, 3)
+    assert response.headers["x-seed"] == "5"
+
+
+def test_txt2img_without_seed_reports_the_one_used(server) -> None:
+    first = post_image(server, prompt="a calm ocean")
+    seed = int(first.headers["x-seed"])
+    again = post_image(server, prompt="a calm ocean", seed=seed)
+    assert again.content == first.content
+
+
+def test_served_image_equals_in_process_result(server, image_pipe, settings) -> None:
+    fields = {"prompt": "a golden dragon", "seed": 11, "num_inference_steps": 4}
+    served = read_image(post_image(server, **fields).content)[1]
+    request = image_request_model(settings.image_preset)(**fields)
+    [local] = generate_images(image_pipe, settings.image_preset, [request])
+    assert np.abs(served.astype(int) - local.astype(int)).max() <= 1
+
+
+def test_concurrent_requests_are_batched(server) -> None:
+    before = batch_sizes(server)
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(f"{server}/txt2img", json={"prompt": f"robot {i}", "seed": i})
+                    for i in range(16)
+                )
+            )
+
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses] == [200] * 16
+    assert [r.headers["x-seed"] for r in responses] == [str(i) for i in range(16)]
+    after = batch_sizes(server)
+    batches = after["count"] - before["count"]
+    assert after["sum"] - before["sum"] == 16
+    assert batches < 16  # some batch held more than one request
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["mp4", "gif", "webp"])
+def test_img2vid_returns_a_video_with_the_requested_frames(server, settings, fmt) -> None:
+    response = httpx.post(
+        f"{server}/img2vid",
+        files={"image": ("red.png", png_of((200, 30, 30)), "image/png")},
+        data={"num_frames": "5", "fps": "10", "num_inference_steps": "2", "seed": "9", "output_format": fmt},
+        timeout=TIMEOUT,
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["x-seed"] == "9"
+    frames, fps = read_video(response.content, fmt)
+    preset = settings.video_preset
+    assert frames.shape == (5, preset.height, preset.width, 3)
+    assert fps == pytest.approx(10, abs=0.1)
+
+
+@pytest.mark.slow
+def test_txt2vid_job_round_trip(server, settings) -> None:
+    fields = {
+        "prompt": "a misty forest",
+        "num_frames": 3,
+        "num_inference_steps": 2,
+        "seed": 4,
+        "output_format": "gif",
+    }
+    submitted = httpx.post(f"{server}/txt2vid/submit", json=fields, timeout=TIMEOUT)
+    assert submitted.status_code == 200, submitted.text
+    task_id = submitted.json()["task_id"]
+    deadline = time.monotonic() + TIMEOUT
+    while (
+        status := httpx.get(f"{server}/txt2vid/status", params={"task_id": task_id}).json()["status"]
+    ) not in (
+        "completed",
+        "failed",
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert status == "completed"
+    result = httpx.get(f"{server}/txt2vid/get", params={"task_id": task_id}, timeout=TIMEOUT)
+    assert result.headers["content-type"] == "image/gif"
+    assert result.headers["x-seed"] == "4"
+    frames, _ = read_video(result.content, "gif")
+    assert frames.shape == (3, settings.video_preset.height, settings.video_preset.width, 3)
+
+
+def test_bad_txt2vid_submission_is_refused_at_submit(server) -> None:
+    response = httpx.post(f"{server}/txt2vid/submit", json={"prompt": "a cat", "num_frames": 1000})
+    assert response.status_code == 400
+    assert error_fields(response) == ["num_frames"]
+
+
+def test_bentoml_sync_client_generates_image_and_video(server, tmp_path) -> None:
+    with bentoml.SyncHTTPClient(server, timeout=TIMEOUT) as client:
+        image_path = client.txt2img(prompt="a neon city", width=64, height=96, seed=3)
+        mime, pixels = read_image(image_path.read_bytes())
+        assert (mime, pixels.shape) == ("image/png", (96, 64, 3))
+        upload = tmp_path / "still.png"
+        upload.write_bytes(image_path.read_bytes())
+        video_path = client.img2vid(image=upload, num_frames=3, num_inference_steps=1, output_format="gif")
+        assert read_video(video_path.read_bytes(), "gif")[0].shape[0] == 3
+
+
+@pytest.mark.slow
+def test_bentoml_async_client_runs_the_txt2vid_task(server) -> None:
+    async def run() -> bytes:
+        async with bentoml.AsyncHTTPClient(server, timeout=TIMEOUT) as client:
+            task = await client.txt2vid.submit(prompt="a tiny robot", num_frames=2, num_inference_steps=1)
+            deadline = time.monotonic() + TIMEOUT
+            while (await task.get_status()).value == "in_progress":
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.2)
+            return (await task.get()).read_bytes()
+
+    frames, _ = read_video(asyncio.run(run()), "mp4")
+    assert len(frames) == 2
+
+
+def test_models_lists_presets_with_defaults_and_limits(server, settings) -> None:
+    info = httpx.get(f"{server}/models").json()
+    assert info["image"]["name"] == settings.image_preset.name
+    assert info["image"]["max_width"] == settings.image_preset.max_width
+    assert info["video"]["max_frames"] == settings.video_preset.max_frames
+    assert info["video_formats"] == ["gif", "mp4", "webp"]
+    assert httpx.post(f"{server}/models").status_code == 405
+
+
+def test_health_and_metrics(server) -> None:
+    assert httpx.get(f"{server}/livez").status_code == 200
+    assert httpx.get(f"{server}/readyz").status_code == 200
+    post_image(server, prompt="a blue flower")
+    metrics = httpx.get(f"{server}/metrics").text
+    for name in (
+        "genserve_queue_wait_seconds_bucket",
+        "genserve_generation_seconds_bucket",
+        'genserve_generated_total{kind="image"}',
+        "bentoml_service_adaptive_batch_size_bucket",
+    ):
+        assert name in metrics
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"prompt": "a cat", "width": 100}, ["width"]),
+        ({"prompt": "a cat", "height": 4096}, ["height"]),
+        ({"prompt": "a cat", "num_inference_steps": 0}, ["num_inference_steps"]),
+        ({"prompt": "a cat", "guidance_scale": "lots"}, ["guidance_scale"]),
+        ({"prompt": "a cat", "output_format": "bmp"}, ["output_format"]),
+        ({"prompt": "a cat", "seed": -3}, ["seed"]),
+        ({"prompt": "a cat", "colour": "red"}, ["colour"]),
+        ({"prompt": ""}, ["prompt"]),
+        ({}, ["prompt"]),
+    ],
+)
+def test_bad_txt2img_is_a_400_naming_the_field(server, fields, named) -> None:
+    response = post_image(server, **fields)
+    assert response.status_code == 400
+    assert error_fields(response) == named
+
+
+@pytest.mark.parametrize(
+    ("upload", "data", "named"),
+    [
+        (("notes.txt", b"not an image", "text/plain"), {}, "image"),
+        (("cut.png", png_of((1, 2, 3))[:60], "image/png"), {}, "image"),
+        (("dot.png", png_of((1, 2, 3), 1, 1), "image/png"), {}, "image"),
+        (("ok.png", png_of((1, 2, 3)), "image/png"), {"num_frames": "1"}, "num_frames"),
+        (("ok.png", png_of((1, 2, 3)), "image/png"), {"output_format": "avi"}, "output_format"),
+        (("ok.png", png_of((1, 2, 3)), "image/png"), {"speed": "fast"}, "speed"),
+    ],
+)
+def test_bad_img2vid_is_a_4xx_naming_the_field(server, upload, data, named) -> None:
+    response = httpx.post(f"{server}/img2vid", files={"image": upload}, data=data, timeout=TIMEOUT)
+    assert 400 <= response.status_code < 500
+    assert named in error_fields(response)
+
+
+def test_service_stays_healthy_after_bad_input(server) -> None:
+    httpx.post(f"{server}/txt2img", content=b"{not json", headers={"content-type": "application/json"})
+    httpx.post(
+        f"{server}/img2vid", files={"image": ("x.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "image/png")}
+    )
+    assert httpx.get(f"{server}/readyz").status_code == 200
+    assert post_image(server, prompt="a calm cat", seed=1).status_code == 200
