@@ -21,9 +21,9 @@ $(INSTALLED): requirements.txt requirements-dev.txt pyproject.toml
 models: setup
 	$(BIN)/python models/import_models.py --image tiny --video tiny
 
+# The API on http://$(HOST):$(PORT) (docs at /, OpenAPI at /docs.json); Ctrl-C stops it.
 serve: models
-	@echo "Setup done: the tiny models are in the BentoML model store."
-	@echo "The HTTP service (service.py) arrives with the BentoML service issue."
+	$(BIN)/bentoml serve service.py --host $(HOST) --port $(PORT)
 
 lint: setup
 	$(BIN)/ruff check .
