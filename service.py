@@ -24,11 +24,12 @@ from bentoml.validators import ContentType
 from pydantic import create_model
 from starlette.responses import Response
 
+from genserve.auth import BearerAuth, KeyRing
 from genserve.generation import VideoJob, generate_images, generate_videos
-from genserve.http import JSONDocument, ValidateJSONBody, error_response, media_response
+from genserve.http import BodyLimit, JSONDocument, ValidateJSONBody, error_response, media_response
 from genserve.loading import load_image_pipeline, load_video_pipeline
 from genserve.media import IMAGE_FORMATS, VIDEO_FORMATS, encode_image, encode_video
-from genserve.presets import MIN_FRAMES
+from genserve.presets import MAX_BODY_BYTES, MIN_FRAMES
 from genserve.schemas import (
     ImageRequest,
     TextToVideoRequest,
@@ -42,6 +43,7 @@ from genserve.uploads import UploadError, check_image_upload
 from genserve.workers import BackgroundLoad, Queued, run_batch
 
 logger = logging.getLogger("genserve")
+RETRY_AFTER_S = 5  # what a refused client is told to wait: about one batch of work
 settings = Settings.from_env()
 
 # Request schemas with this deployment's presets' defaults and limits (shown in /docs).
@@ -60,7 +62,7 @@ VideoFile = Annotated[Path, ContentType("video/*")]
 
 @bentoml.service(
     resources=settings.generator_resources(settings.image_gpus),
-    traffic={"timeout": settings.request_timeout_s},
+    traffic={"timeout": settings.request_timeout_s, "max_concurrency": settings.image_max_queue},
 )
 class ImageGenerator:
     """Text to image with the image preset's pipeline."""
@@ -86,7 +88,7 @@ class ImageGenerator:
 
 @bentoml.service(
     resources=settings.generator_resources(settings.video_gpus),
-    traffic={"timeout": settings.request_timeout_s},
+    traffic={"timeout": settings.request_timeout_s, "max_concurrency": settings.video_max_queue},
 )
 class VideoGenerator:
     """Image to video with the video preset's pipeline."""
@@ -175,11 +177,17 @@ class GenServe:
             status = int(error.error_code)
             logger.warning("generator call failed with %s: %s", status, error)
             if status in (429, 503):
-                return error_response(
-                    status, "generators are busy or loading; retry later", **{"Retry-After": "5"}
-                )
+                busy = "generators are busy or loading; retry later"
+                return error_response(status, busy, headers={"Retry-After": str(RETRY_AFTER_S)})
             return error_response(500, "generation failed; see the server log")
 
 
+# Outermost first: refuse without a key, then refuse oversized bodies, then serve/validate.
+GenServe.add_asgi_middleware(
+    BearerAuth,
+    keys=KeyRing(settings.api_keys, settings.api_keys_file),
+    protect_metrics=settings.protect_metrics,
+)
+GenServe.add_asgi_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 GenServe.add_asgi_middleware(JSONDocument, path="/models", document=MODELS_INFO)
 GenServe.add_asgi_middleware(ValidateJSONBody, path="/txt2vid/submit", model=TextToVideo)

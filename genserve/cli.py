@@ -37,6 +37,7 @@ EXTENSIONS = {"image": {".jpg": "jpeg"}, "video": {}}  # beyond ".<format>" itse
 POLL_INTERVAL_S = 0.5
 # A connection attempt needs no generation time: a dead host should fail fast, not after --timeout.
 CONNECT_TIMEOUT_S = 10.0
+CLEAR_LINE = "\r\x1b[K"  # back to the line's start and erase it, so a shorter redraw leaves no tail
 
 
 class CLIError(Exception):
@@ -106,7 +107,7 @@ class Progress:
     def show(self, status: str) -> None:
         elapsed = self.elapsed()
         if self.tty:
-            self.stream.write(f"\r{self.label}: {status}, {elapsed:.0f} s ")
+            self.stream.write(f"{CLEAR_LINE}{self.label}: {status}, {elapsed:.0f} s")
         elif status != self.last_status or elapsed >= self.next_log:
             self.stream.write(f"{self.label}: {status}, {elapsed:.0f} s\n")
             self.next_log = elapsed + self.LOG_EVERY_S
@@ -114,7 +115,7 @@ class Progress:
         self.stream.flush()
 
     def finish(self, outcome: str) -> None:
-        start_of_line = "\r" if self.tty else ""
+        start_of_line = CLEAR_LINE if self.tty else ""
         self.stream.write(f"{start_of_line}{self.label}: {outcome} in {self.elapsed():.1f} s\n")
         self.stream.flush()
 
@@ -280,6 +281,8 @@ def txt2vid(client: Client, args: argparse.Namespace) -> None:
             time.sleep(POLL_INTERVAL_S)
             status = client.json("GET", "/txt2vid/status", params={"task_id": task_id})["status"]
             progress.show(status)
+        if status not in ("completed", "failed"):  # canceled: there is no result to get
+            raise CLIError(f"task {task_id} ended as {status!r}")
         # A failed task's result is the server's error response, which `request` reports.
         response = client.request("GET", "/txt2vid/get", params={"task_id": task_id})
     except CLIError:
@@ -289,9 +292,9 @@ def txt2vid(client: Client, args: argparse.Namespace) -> None:
         progress.finish("interrupted")
         print(f"txt2vid: task {task_id} keeps running on the server", file=sys.stderr)
         raise
-    if status != "completed":
-        progress.finish(status)
-        raise CLIError(f"task {task_id} ended as {status!r}")
+    if status != "completed":  # failed, yet its result was not an error response
+        progress.finish("failed")
+        raise CLIError(f"task {task_id} failed; see the server log")
     progress.finish("done")
     save(response, args.output)
 

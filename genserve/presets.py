@@ -21,6 +21,8 @@ MIN_FRAMES = 2
 #: (a small file can claim a huge size: a decompression bomb).
 UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP")
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+#: Any request body: an upload plus room for its multipart framing and form fields.
+MAX_BODY_BYTES = MAX_UPLOAD_BYTES + 1024 * 1024
 MAX_UPLOAD_PIXELS = 4096 * 4096
 MIN_UPLOAD_SIDE = 16
 

@@ -9,11 +9,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from genserve.presets import ImagePreset, VideoPreset, image_preset, video_preset
 
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_TIMEOUT_S = 900
+#: Default queue bound of a generator, in batches: enough to keep it busy, short enough that a
+#: queued request is served long before its timeout.
+QUEUE_BATCHES = 4
 
 
 def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
@@ -36,6 +40,11 @@ def _gpus(environ: Mapping[str, str], name: str) -> float:
     if number < 0:
         raise ValueError(f"{name}={value!r} must not be negative")
     return number
+
+
+def _path(environ: Mapping[str, str], name: str) -> Path | None:
+    value = environ.get(name)
+    return Path(value) if value else None
 
 
 def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -70,6 +79,11 @@ class Settings:
     image_gpus: float  # GPUs per image generator worker; 0.5 lets both generators share one GPU
     video_gpus: float
     request_timeout_s: int  # long enough for a queued video job
+    image_max_queue: int  # requests a generator holds (running + waiting); beyond: 429 at once
+    video_max_queue: int
+    api_keys: tuple[str, ...]  # empty and no key file: the API is open
+    api_keys_file: Path | None  # one key per line, re-read when it changes (rotation)
+    protect_metrics: bool  # /metrics needs a key too
 
     @staticmethod
     def batching(max_batch_size: int, max_latency_ms: int) -> dict:
@@ -116,4 +130,17 @@ class Settings:
             image_gpus=_gpus(environ, "GENSERVE_IMAGE_GPUS"),
             video_gpus=_gpus(environ, "GENSERVE_VIDEO_GPUS"),
             request_timeout_s=_positive_int(environ, "GENSERVE_REQUEST_TIMEOUT_S", DEFAULT_TIMEOUT_S),
+            image_max_queue=_positive_int(
+                environ, "GENSERVE_IMAGE_MAX_QUEUE", QUEUE_BATCHES * image.batching.max_batch_size
+            ),
+            video_max_queue=_positive_int(
+                environ, "GENSERVE_VIDEO_MAX_QUEUE", QUEUE_BATCHES * video.batching.max_batch_size
+            ),
+            api_keys=tuple(
+                key.strip() for key in environ.get("GENSERVE_API_KEYS", "").split(",") if key.strip()
+            ),
+            api_keys_file=Path(environ["GENSERVE_API_KEYS_FILE"])
+            if environ.get("GENSERVE_API_KEYS_FILE")
+            else None,
+            protect_metrics=_flag(environ, "GENSERVE_PROTECT_METRICS", False),
         )
