@@ -12,27 +12,26 @@ variables, listed in `genserve/settings.py` and the README.
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
-import numpy as np
-from bentoml.exceptions import BentoMLException
 from bentoml.validators import ContentType
 from pydantic import create_model
+from starlette.requests import Request
 from starlette.responses import Response
 
 from genserve.auth import BearerAuth, KeyRing
+from genserve.dispatch import RETRY_AFTER_S, dispatch
 from genserve.generation import VideoJob, generate_images, generate_videos
 from genserve.http import BodyLimit, JSONDocument, ValidateJSONBody, error_response, media_response
-from genserve.loading import load_image_pipeline, load_video_pipeline
 from genserve.media import IMAGE_FORMATS, VIDEO_FORMATS, encode_image, encode_video
-from genserve.presets import MAX_BODY_BYTES, MIN_FRAMES
+from genserve.openai_api import openai_app
+from genserve.presets import MAX_BODY_BYTES
 from genserve.schemas import (
     ImageRequest,
-    TextToVideoRequest,
     VideoRequest,
     image_request_model,
     text_to_video_request_model,
@@ -40,10 +39,17 @@ from genserve.schemas import (
 )
 from genserve.settings import Settings
 from genserve.uploads import UploadError, check_image_upload
-from genserve.workers import BackgroundLoad, Queued, run_batch
+from genserve.workers import (
+    BackgroundLoad,
+    Cancellations,
+    Outcome,
+    Queued,
+    run_batch,
+    warmed_image_pipeline,
+    warmed_video_pipeline,
+)
 
-logger = logging.getLogger("genserve")
-RETRY_AFTER_S = 5  # what a refused client is told to wait: about one batch of work
+TIMEOUT_GRACE_S = 30  # BentoML's own timeouts fire after genserve's deadlines, which answer clearly
 settings = Settings.from_env()
 
 # Request schemas with this deployment's presets' defaults and limits (shown in /docs).
@@ -62,56 +68,58 @@ VideoFile = Annotated[Path, ContentType("video/*")]
 
 @bentoml.service(
     resources=settings.generator_resources(settings.image_gpus),
-    traffic={"timeout": settings.request_timeout_s, "max_concurrency": settings.image_max_queue},
+    traffic={
+        "timeout": settings.request_timeout_s + TIMEOUT_GRACE_S,
+        "max_concurrency": settings.image_max_queue,
+    },
 )
 class ImageGenerator:
     """Text to image with the image preset's pipeline."""
 
     def __init__(self) -> None:
-        self.pipe = BackgroundLoad("image pipeline", self._load)
-
-    @staticmethod
-    def _load():
-        pipe = load_image_pipeline(settings)
-        warmup = TextToImage(prompt="warm-up", num_inference_steps=1, seed=0)
-        generate_images(pipe, settings.image_preset, [warmup])
-        return pipe
+        self.pipe = BackgroundLoad("image pipeline", lambda: warmed_image_pipeline(settings))
+        self.cancelled = Cancellations(keep_s=settings.request_timeout_s)
 
     def __is_ready__(self) -> bool:
         return self.pipe.ready
 
     @bentoml.api(**settings.batching(settings.image_max_batch_size, settings.image_max_latency_ms))
-    def generate(self, batch: list[Queued[ImageRequest]]) -> list[np.ndarray]:
-        pipe = self.pipe.get()
-        return run_batch("image", batch, lambda items: generate_images(pipe, settings.image_preset, items))
+    def generate(self, batch: list[Queued[ImageRequest]]) -> list[Outcome]:
+        pipe, preset = self.pipe.get(), settings.image_preset
+        return run_batch("image", batch, partial(generate_images, pipe, preset), self.cancelled)
+
+    @bentoml.api
+    async def cancel(self, request_ids: list[str]) -> None:
+        """Stop work nobody waits for; async, so it is not queued behind the running batch."""
+        self.cancelled.add(request_ids)
 
 
 @bentoml.service(
     resources=settings.generator_resources(settings.video_gpus),
-    traffic={"timeout": settings.request_timeout_s, "max_concurrency": settings.video_max_queue},
+    traffic={
+        "timeout": settings.request_timeout_s + TIMEOUT_GRACE_S,
+        "max_concurrency": settings.video_max_queue,
+    },
 )
 class VideoGenerator:
     """Image to video with the video preset's pipeline."""
 
     def __init__(self) -> None:
-        self.pipe = BackgroundLoad("video pipeline", self._load)
-
-    @staticmethod
-    def _load():
-        pipe = load_video_pipeline(settings)
-        preset = settings.video_preset
-        blank = encode_image(np.zeros((preset.height, preset.width, 3), np.uint8), "png")
-        request = VideoParameters(num_frames=MIN_FRAMES, num_inference_steps=1, seed=0)
-        generate_videos(pipe, preset, [VideoJob(image=blank, request=request)])
-        return pipe
+        self.pipe = BackgroundLoad("video pipeline", lambda: warmed_video_pipeline(settings))
+        self.cancelled = Cancellations(keep_s=settings.request_timeout_s)
 
     def __is_ready__(self) -> bool:
         return self.pipe.ready
 
     @bentoml.api(**settings.batching(settings.video_max_batch_size, settings.video_max_latency_ms))
-    def generate(self, batch: list[Queued[VideoJob]]) -> list[np.ndarray]:
-        pipe = self.pipe.get()
-        return run_batch("video", batch, lambda jobs: generate_videos(pipe, settings.video_preset, jobs))
+    def generate(self, batch: list[Queued[VideoJob]]) -> list[Outcome]:
+        pipe, preset = self.pipe.get(), settings.video_preset
+        return run_batch("video", batch, partial(generate_videos, pipe, preset), self.cancelled)
+
+    @bentoml.api
+    async def cancel(self, request_ids: list[str]) -> None:
+        """Stop work nobody waits for; async, so it is not queued behind the running batch."""
+        self.cancelled.add(request_ids)
 
 
 MODELS_INFO = {
@@ -122,7 +130,8 @@ MODELS_INFO = {
 }
 
 
-@bentoml.service(traffic={"timeout": settings.request_timeout_s})
+@bentoml.asgi_app(openai_app, path="/v1")  # OpenAI's Images API: POST /v1/images/generations
+@bentoml.service(traffic={"timeout": settings.request_timeout_s + TIMEOUT_GRACE_S})
 class GenServe:
     """The public API: text to image, image to video, and text to video as a background job."""
 
@@ -130,56 +139,59 @@ class GenServe:
     videos = bentoml.depends(VideoGenerator)
 
     @bentoml.api(route="/txt2img", input_spec=TextToImage)
-    async def txt2img(self, **fields: Any) -> ImageFile:
+    async def txt2img(self, ctx: bentoml.Context, **fields: Any) -> ImageFile:
         """Generate an image from a prompt. Returns the image file; the seed is in `X-Seed`."""
-        request = TextToImage(**fields)
-        return await self._call(self._image(request))
+        return answer(ctx, await self._image(TextToImage(**fields), ctx.request))
 
     @bentoml.api(route="/img2vid", input_spec=ImageToVideo)
-    async def img2vid(self, image: Path, **fields: Any) -> VideoFile:
+    async def img2vid(self, ctx: bentoml.Context, image: Path, **fields: Any) -> VideoFile:
         """Animate an uploaded PNG/JPEG/WebP image. Returns the video file; the seed is in `X-Seed`."""
         try:
             data = check_image_upload(image.read_bytes())
         except UploadError as error:
-            return error_response(error.status, str(error), error.field)
-        request = VideoRequest(**fields)
-        return await self._call(self._video(data, request))
+            return answer(ctx, error_response(error.status, str(error), error.field))
+        return answer(ctx, await self._video(data, VideoRequest(**fields), ctx.request))
 
     @bentoml.task(route="/txt2vid", input_spec=TextToVideo)
     async def txt2vid(self, **fields: Any) -> VideoFile:
         """Text to video as a job: submit, poll status, get the video (made at the video's own size)."""
-        return await self._call(self._text_to_video(TextToVideo(**fields)))
+        request = TextToVideo(**fields)
+        # A job was promised to its client: when the generators are busy it waits its turn.
+        still = await self._image(request.image_request(settings.video_preset), wait_if_busy=True)
+        if still.status_code != 200:
+            return still
+        return await self._video(still.body, request.video_request(), wait_if_busy=True)
 
-    async def _image(self, request: ImageRequest) -> Response:
-        [pixels] = await self.images.to_async.generate([Queued(item=request)])
+    async def _image(self, request: ImageRequest, client: Request | None = None, **options: Any) -> Response:
+        outcome = await dispatch(self.images, request, settings.request_timeout_s, client, **options)
+        if outcome.error is not None:
+            return failure(outcome)
         fmt = request.output_format
-        data = await asyncio.to_thread(encode_image, pixels, fmt)
+        data = await asyncio.to_thread(encode_image, outcome.value, fmt)
         return media_response(data, IMAGE_FORMATS[fmt], request.seed, fmt)
 
-    async def _video(self, image: bytes, request: VideoRequest) -> Response:
-        [frames] = await self.videos.to_async.generate([Queued(item=VideoJob(image=image, request=request))])
+    async def _video(
+        self, image: bytes, request: VideoRequest, client: Request | None = None, **options: Any
+    ) -> Response:
+        job = VideoJob(image=image, request=request)
+        outcome = await dispatch(self.videos, job, settings.request_timeout_s, client, **options)
+        if outcome.error is not None:
+            return failure(outcome)
         fmt = request.output_format
-        data = await asyncio.to_thread(encode_video, frames, request.fps, fmt)
+        data = await asyncio.to_thread(encode_video, outcome.value, request.fps, fmt)
         return media_response(data, VIDEO_FORMATS[fmt], request.seed, fmt)
 
-    async def _text_to_video(self, request: TextToVideoRequest) -> Response:
-        first_stage = request.image_request(settings.video_preset)
-        [pixels] = await self.images.to_async.generate([Queued(item=first_stage)])
-        still = await asyncio.to_thread(encode_image, pixels, "png")
-        return await self._video(still, request.video_request())
 
-    @staticmethod
-    async def _call(work) -> Response:
-        """Await generator work, turning a generator's failure into a JSON error, never a hang."""
-        try:
-            return await work
-        except BentoMLException as error:
-            status = int(error.error_code)
-            logger.warning("generator call failed with %s: %s", status, error)
-            if status in (429, 503):
-                busy = "generators are busy or loading; retry later"
-                return error_response(status, busy, headers={"Retry-After": str(RETRY_AFTER_S)})
-            return error_response(500, "generation failed; see the server log")
+def failure(outcome: Outcome) -> Response:
+    """A generator's failure as a JSON error; busy answers say when to come back."""
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if outcome.status in (429, 503) else None
+    return error_response(outcome.status, outcome.error or "generation failed", headers=headers)
+
+
+def answer(ctx: bentoml.Context, response: Response) -> Response:
+    """BentoML overrides a returned response's status with the context's: keep them in step."""
+    ctx.response.status_code = response.status_code
+    return response
 
 
 # Outermost first: refuse without a key, then refuse oversized bodies, then serve/validate.

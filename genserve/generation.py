@@ -39,6 +39,31 @@ class VideoJob(BaseModel):
     request: VideoRequest
 
 
+#: Asked between denoising steps with a request's index: is its result still wanted?
+StopCheck = Callable[[int], bool]
+
+
+class GroupStopped(Exception):
+    """Raised between steps to abandon a pipeline call whose every request is unwanted."""
+
+
+def _stop_callback(indices: Sequence[int], unwanted: StopCheck | None) -> Callable | None:
+    """A diffusers step-end callback that aborts the call once no request of the group is wanted.
+
+    Aborting mid-call (rather than setting the pipeline's interrupt flag, after which it still
+    decodes) frees the GPU at the next step for requests that are still waited for.
+    """
+    if unwanted is None:
+        return None
+
+    def callback(_pipe, _step: int, _timestep, tensors: dict) -> dict:
+        if all(unwanted(index) for index in indices):
+            raise GroupStopped
+        return tensors
+
+    return callback
+
+
 def group_compatible(items: Sequence[T], key: Callable[[T], Hashable]) -> list[list[int]]:
     """Indices of `items` grouped by `key`, groups in order of first appearance."""
     groups: dict[Hashable, list[int]] = defaultdict(list)
@@ -61,30 +86,38 @@ def _image_batch_key(request: ImageRequest) -> Hashable:
 
 
 def generate_images(
-    pipe: StableDiffusion3Pipeline, preset: ImagePreset, requests: Sequence[ImageRequest]
-) -> list[np.ndarray]:
+    pipe: StableDiffusion3Pipeline,
+    preset: ImagePreset,
+    requests: Sequence[ImageRequest],
+    unwanted: StopCheck | None = None,
+) -> list[np.ndarray | None]:
     """Text to image for a batch of requests, one pipeline call per compatible group.
 
-    Returns one (height, width, 3) uint8 RGB array per request, in request order.
+    Returns one (height, width, 3) uint8 RGB array per request, in request order; None for a
+    request whose group was abandoned because `unwanted` said nobody waits for any of it.
     """
     results: list[np.ndarray | None] = [None] * len(requests)
     for indices in group_compatible(requests, _image_batch_key):
         group = [requests[i] for i in indices]
         first = group[0]
-        images = pipe(
-            prompt=[r.prompt for r in group],
-            negative_prompt=[r.negative_prompt for r in group],
-            width=first.width,
-            height=first.height,
-            num_inference_steps=first.num_inference_steps,
-            guidance_scale=first.guidance_scale,
-            max_sequence_length=preset.max_sequence_length,
-            generator=_generators([r.seed for r in group]),
-            output_type="np",
-        ).images
+        try:
+            images = pipe(
+                prompt=[r.prompt for r in group],
+                negative_prompt=[r.negative_prompt for r in group],
+                width=first.width,
+                height=first.height,
+                num_inference_steps=first.num_inference_steps,
+                guidance_scale=first.guidance_scale,
+                max_sequence_length=preset.max_sequence_length,
+                generator=_generators([r.seed for r in group]),
+                output_type="np",
+                callback_on_step_end=_stop_callback(indices, unwanted),
+            ).images
+        except GroupStopped:
+            continue
         for index, pixels in zip(indices, _to_uint8(images), strict=True):
             results[index] = pixels
-    return results  # type: ignore[return-value]  # every slot is filled above
+    return results
 
 
 def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -98,33 +131,41 @@ def _video_batch_key(job: VideoJob) -> Hashable:
 
 
 def generate_videos(
-    pipe: StableVideoDiffusionPipeline, preset: VideoPreset, jobs: Sequence[VideoJob]
-) -> list[np.ndarray]:
+    pipe: StableVideoDiffusionPipeline,
+    preset: VideoPreset,
+    jobs: Sequence[VideoJob],
+    unwanted: StopCheck | None = None,
+) -> list[np.ndarray | None]:
     """Image to video for a batch of jobs, one pipeline call per compatible group.
 
-    Returns one (frames, height, width, 3) uint8 RGB array per job, in job order.
+    Returns one (frames, height, width, 3) uint8 RGB array per job, in job order; None for an
+    abandoned group, as in `generate_images`.
     """
     results: list[np.ndarray | None] = [None] * len(jobs)
     for indices in group_compatible(jobs, _video_batch_key):
         group = [jobs[i] for i in indices]
         first = group[0].request
-        latents = pipe(
-            image=[fit_image(decode_image(job.image), preset.width, preset.height) for job in group],
-            width=preset.width,
-            height=preset.height,
-            num_frames=first.num_frames,
-            num_inference_steps=first.num_inference_steps,
-            min_guidance_scale=preset.min_guidance_scale,
-            max_guidance_scale=preset.max_guidance_scale,
-            fps=first.fps,
-            motion_bucket_id=first.motion_bucket_id,
-            noise_aug_strength=first.noise_aug_strength,
-            generator=_generators([job.request.seed for job in group]),
-            output_type="latent",
-        ).frames
+        try:
+            latents = pipe(
+                image=[fit_image(decode_image(job.image), preset.width, preset.height) for job in group],
+                width=preset.width,
+                height=preset.height,
+                num_frames=first.num_frames,
+                num_inference_steps=first.num_inference_steps,
+                min_guidance_scale=preset.min_guidance_scale,
+                max_guidance_scale=preset.max_guidance_scale,
+                fps=first.fps,
+                motion_bucket_id=first.motion_bucket_id,
+                noise_aug_strength=first.noise_aug_strength,
+                generator=_generators([job.request.seed for job in group]),
+                output_type="latent",
+                callback_on_step_end=_stop_callback(indices, unwanted),
+            ).frames
+        except GroupStopped:
+            continue
         for index, video_latents in zip(indices, latents, strict=True):
             results[index] = _decode_video(pipe, video_latents, first.num_frames, preset.decode_chunk_size)
-    return results  # type: ignore[return-value]
+    return results
 
 
 @torch.inference_mode()

@@ -10,14 +10,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from bentoml.exceptions import ServiceUnavailable
+from diffusers import StableDiffusion3Pipeline, StableVideoDiffusionPipeline
 from pydantic import BaseModel, ConfigDict, Field
 
+from genserve.generation import VideoJob, generate_images, generate_videos
+from genserve.loading import load_image_pipeline, load_video_pipeline
+from genserve.media import encode_image
 from genserve.metrics import generated_total, generation_seconds, queue_wait_seconds
+from genserve.presets import MIN_FRAMES
+from genserve.schemas import image_request_model, video_request_model
+from genserve.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -26,12 +35,48 @@ P = TypeVar("P")
 
 
 class Queued(BaseModel, Generic[T]):
-    """A request on its way to a generator, stamped when it entered the queue."""
+    """A request on its way to a generator: an id to cancel it by, when it was queued, and
+    the moment after which nobody waits for its result any more."""
 
     model_config = ConfigDict(frozen=True)
 
     item: T
+    deadline: float  # time.time() seconds
+    request_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     queued_at: float = Field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a generator hands back for one request: the media, or why there is none.
+
+    Errors travel as values, not exceptions, so one request's failure never fails its
+    neighbours in the batch. `status` is the HTTP status the client should get.
+    """
+
+    value: Any = None  # np.ndarray on success (typed Any: BentoML cannot schema ndarray fields)
+    status: int = 200
+    error: str | None = None
+
+
+class Cancellations:
+    """Ids of requests nobody waits for any more (the client left or timed out), kept for a while.
+
+    Written from the generator's event loop, read between denoising steps in its worker thread;
+    set operations on str are atomic in CPython, and old ids are dropped so it stays small.
+    """
+
+    def __init__(self, keep_s: float) -> None:
+        self.keep_s = keep_s
+        self._ids: dict[str, float] = {}
+
+    def add(self, request_ids: list[str]) -> None:
+        now = time.time()
+        self._ids = {i: t for i, t in self._ids.items() if now - t < self.keep_s}
+        self._ids.update((request_id, now) for request_id in request_ids)
+
+    def __contains__(self, request_id: str) -> bool:
+        return request_id in self._ids
 
 
 class BackgroundLoad(Generic[P]):
@@ -68,13 +113,87 @@ class BackgroundLoad(Generic[P]):
 
 
 def run_batch(
-    kind: str, batch: Sequence[Queued[T]], generate: Callable[[list[T]], list[np.ndarray]]
-) -> list[np.ndarray]:
-    """Generate one batch, recording queue wait, batch time and output count."""
+    kind: str,
+    batch: Sequence[Queued[T]],
+    generate: Callable[[list[T], Callable[[int], bool]], list[np.ndarray | None]],
+    cancelled: Cancellations,
+) -> list[Outcome]:
+    """Generate one batch; record queue wait, batch time and output count.
+
+    Requests already cancelled or past their deadline are not generated at all; a pipeline
+    call is abandoned between steps once none of its requests is waited for. If the batch
+    fails as a whole (out of GPU memory, typically), each request is retried alone, so a
+    request fails only for its own sake.
+    """
     started = time.time()
     for queued in batch:
         queue_wait_seconds.labels(kind=kind).observe(max(0.0, started - queued.queued_at))
-    results = generate([queued.item for queued in batch])
+    outcomes = _generate_all(batch, generate, cancelled)
     generation_seconds.labels(kind=kind).observe(time.time() - started)
-    generated_total.labels(kind=kind).inc(len(results))
-    return results
+    generated_total.labels(kind=kind).inc(sum(outcome.error is None for outcome in outcomes))
+    return outcomes
+
+
+def _unwanted(queued: Queued, cancelled: Cancellations) -> Outcome | None:
+    if queued.request_id in cancelled:
+        return Outcome(status=499, error="cancelled: the client went away")
+    if time.time() > queued.deadline:
+        return Outcome(status=504, error="timed out: the request waited longer than its timeout")
+    return None
+
+
+def _generate_all(
+    batch: Sequence[Queued[T]],
+    generate: Callable[[list[T], Callable[[int], bool]], list[np.ndarray | None]],
+    cancelled: Cancellations,
+) -> list[Outcome]:
+    outcomes: list[Outcome | None] = [_unwanted(queued, cancelled) for queued in batch]
+    live = [i for i, outcome in enumerate(outcomes) if outcome is None]
+    if not live:
+        return outcomes  # type: ignore[return-value]  # all filled
+
+    def unwanted(index: int) -> bool:
+        return _unwanted(batch[live[index]], cancelled) is not None
+
+    try:
+        values = generate([batch[i].item for i in live], unwanted)
+    except Exception as error:
+        if len(live) == 1:
+            logger.exception("generation failed")
+            outcomes[live[0]] = Outcome(status=500, error=f"generation failed: {type(error).__name__}")
+            return outcomes  # type: ignore[return-value]
+        logger.warning("a batch of %d failed (%s); retrying its requests one by one", len(live), error)
+        _free_accelerator_memory()
+        for i in live:
+            [outcomes[i]] = _generate_all([batch[i]], generate, cancelled)
+        return outcomes  # type: ignore[return-value]
+    for i, value in zip(live, values, strict=True):
+        abandoned = _unwanted(batch[i], cancelled) or Outcome(status=500, error="generation was abandoned")
+        outcomes[i] = Outcome(value=value) if value is not None else abandoned
+    return outcomes  # type: ignore[return-value]
+
+
+def _free_accelerator_memory() -> None:
+    """Return the failed batch's cached GPU memory before the one-by-one retries."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def warmed_image_pipeline(settings: Settings) -> StableDiffusion3Pipeline:
+    """Load the image pipeline and run it once, so the first real request pays no first-call costs."""
+    pipe = load_image_pipeline(settings)
+    warmup = image_request_model(settings.image_preset)(prompt="warm-up", num_inference_steps=1, seed=0)
+    generate_images(pipe, settings.image_preset, [warmup])
+    return pipe
+
+
+def warmed_video_pipeline(settings: Settings) -> StableVideoDiffusionPipeline:
+    """Load the video pipeline and run it once (shortest video, one step)."""
+    pipe = load_video_pipeline(settings)
+    preset = settings.video_preset
+    blank = encode_image(np.zeros((preset.height, preset.width, 3), np.uint8), "png")
+    request = video_request_model(preset)(num_frames=MIN_FRAMES, num_inference_steps=1, seed=0)
+    generate_videos(pipe, preset, [VideoJob(image=blank, request=request)])
+    return pipe

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
+import torch
 from bentoml.exceptions import ServiceUnavailable
 
-from genserve.workers import BackgroundLoad, Queued, run_batch
+from genserve.generation import generate_images
+from genserve.schemas import image_request_model
+from genserve.workers import BackgroundLoad, Cancellations, Queued, run_batch
 
 
 def test_not_ready_until_loaded_and_get_waits() -> None:
@@ -30,7 +34,69 @@ def test_failed_load_is_reported_not_lost() -> None:
     assert not load.ready
 
 
+def queued(item, timeout_s: float = 60) -> Queued:
+    return Queued(item=item, deadline=time.time() + timeout_s)
+
+
+def fake_generate(items: list, unwanted) -> list:
+    return [np.full(1, item) for item in items]
+
+
 def test_run_batch_unwraps_items_in_order() -> None:
-    batch = [Queued(item=i) for i in (3, 1, 2)]
-    results = run_batch("image", batch, lambda items: [np.full(1, item) for item in items])
-    assert [int(r[0]) for r in results] == [3, 1, 2]
+    outcomes = run_batch("image", [queued(i) for i in (3, 1, 2)], fake_generate, Cancellations(60))
+    assert [int(o.value[0]) for o in outcomes] == [3, 1, 2]
+    assert all(o.status == 200 and o.error is None for o in outcomes)
+
+
+def test_expired_and_cancelled_requests_are_not_generated() -> None:
+    seen: list[list] = []
+
+    def generate(items, unwanted):
+        seen.append(items)
+        return fake_generate(items, unwanted)
+
+    cancelled = Cancellations(60)
+    batch = [queued("late", timeout_s=-1), queued("gone"), queued("kept")]
+    cancelled.add([batch[1].request_id])
+    outcomes = run_batch("image", batch, generate, cancelled)
+    assert seen == [["kept"]]
+    assert [o.status for o in outcomes] == [504, 499, 200]
+    assert "timed out" in outcomes[0].error and "cancelled" in outcomes[1].error
+
+
+def test_a_failed_batch_is_retried_one_by_one() -> None:
+    """An out-of-memory batch (injected: more than one item fails) still serves everyone it can."""
+
+    def generate(items, unwanted):
+        if len(items) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        if items == ["poison"]:
+            raise ValueError("this request alone is broken")
+        return fake_generate([len(items[0])], unwanted)
+
+    outcomes = run_batch("image", [queued("a"), queued("poison"), queued("ccc")], generate, Cancellations(60))
+    assert [o.status for o in outcomes] == [200, 500, 200]
+    assert [int(outcomes[i].value[0]) for i in (0, 2)] == [1, 3]
+    assert "ValueError" in outcomes[1].error
+
+
+def test_pipeline_call_is_abandoned_between_steps(image_pipe, settings) -> None:
+    """Cancelling mid-call stops a real pipeline at the next step instead of finishing it."""
+    request = image_request_model(settings.image_preset)(prompt="a cat", num_inference_steps=40, seed=1)
+    cancelled = Cancellations(60)
+    batch = [queued(request)]
+    steps = 0
+
+    def generate(items, unwanted):
+        def counting(index: int) -> bool:
+            nonlocal steps
+            steps += 1
+            if steps == 3:
+                cancelled.add([batch[0].request_id])
+            return unwanted(index)
+
+        return generate_images(image_pipe, settings.image_preset, items, counting)
+
+    [outcome] = run_batch("image", batch, generate, cancelled)
+    assert outcome.status == 499 and outcome.value is None
+    assert steps == 3  # stopped at the step after the cancellation, not after 40 steps
