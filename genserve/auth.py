@@ -19,8 +19,8 @@ from genserve.http import error_response
 
 logger = logging.getLogger(__name__)
 
-#: Always reachable without a key: probes, the API docs and the presets' public limits.
-OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/", "/docs.json", "/models")
+#: Always reachable without a key: probes, the API docs and schema (the SDK client reads it), limits.
+OPEN_PATHS = ("/livez", "/readyz", "/healthz", "/", "/docs.json", "/schema.json", "/models")
 OPEN_PREFIXES = ("/static_content/", "/assets/")
 
 

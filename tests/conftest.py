@@ -9,6 +9,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -84,17 +86,18 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-@pytest.fixture(scope="session")
-def server(tiny_models, tmp_path_factory) -> str:
-    """A real `bentoml serve service.py` on the tiny preset, on a free port; yields its URL."""
+@contextmanager
+def running_server(log_dir: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A real `bentoml serve service.py` on a free port with extra environment; yields (URL, process)."""
     port = free_port()
-    log = tmp_path_factory.mktemp("server") / "serve.log"
+    log = log_dir / f"serve-{port}.log"
     command = [sys.executable, "-m", "bentoml", "serve", "service.py", "--host", "127.0.0.1"]
     command += ["--port", str(port)]
     with log.open("wb") as output:
         process = subprocess.Popen(
             command,
             cwd=ROOT,
+            env={**os.environ, **env},
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -102,9 +105,16 @@ def server(tiny_models, tmp_path_factory) -> str:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process)
-        yield url
+        yield url, process
     except Exception:
         print(log.read_text()[-5000:])
         raise
     finally:
         stop(process)
+
+
+@pytest.fixture(scope="session")
+def server(tiny_models, tmp_path_factory) -> Iterator[str]:
+    """The shared served API on the tiny preset, default settings; yields its URL."""
+    with running_server(tmp_path_factory.mktemp("server")) as (url, _):
+        yield url
