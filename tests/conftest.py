@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -76,14 +78,36 @@ def wait_ready(url: str, process: subprocess.Popen, timeout: float = 180) -> Non
     raise TimeoutError(f"{url} was not ready within {timeout} s")
 
 
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM the BentoML arbiter (it stops its workers), then make sure the group is gone."""
+def descendants(pid: int) -> list[int]:
+    """All processes below `pid` (BentoML workers run in sessions of their own, out of its group)."""
+    children: dict[int, list[int]] = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            match = re.search(r"^PPid:\s+(\d+)", status.read_text(), re.MULTILINE)
+        except OSError:
+            continue
+        if match:
+            children.setdefault(int(match.group(1)), []).append(int(status.parent.name))
+    found, pending = [], [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+def stop(process: subprocess.Popen, grace_s: float = 30) -> None:
+    """SIGTERM the BentoML arbiter (it stops its workers); SIGKILL whatever is left after the grace."""
+    workers = descendants(process.pid)
     process.terminate()
     try:
-        process.wait(timeout=30)
+        process.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        process.kill()
         process.wait()
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @contextmanager
@@ -106,11 +130,9 @@ def running_server(log_dir: Path, **env: str) -> Iterator[tuple[str, subprocess.
     try:
         wait_ready(url, process)
         yield url, process
-    except Exception:
-        print(log.read_text()[-5000:])
-        raise
     finally:
         stop(process)
+        print(f"--- the end of {log} ---\n{log.read_text(errors='replace')[-5000:]}")  # shown on failure
 
 
 @pytest.fixture(scope="session")
