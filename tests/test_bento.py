@@ -1,0 +1,150 @@
+"""The bento and how it runs as a container: `bentoml build` offline, the Dockerfile it generates,
+and docker-compose.yml. There is no Docker engine here: the files are checked, no image is built.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import bentoml
+import pytest
+import yaml
+from conftest import ROOT
+
+from genserve.presets import store_tag
+from genserve.settings import DEFAULT_TIMEOUT_S
+
+BENTOFILE = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
+# Any attempt to reach the network fails at once: a proxy nobody listens on.
+OFFLINE = {
+    **{name: "http://127.0.0.1:9" for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")},
+    "NO_PROXY": "",
+    "no_proxy": "",
+    "UV_OFFLINE": "1",
+    "PIP_NO_INDEX": "1",
+    "BENTOML_DO_NOT_TRACK": "true",
+}
+
+
+@pytest.fixture(scope="module")
+def bento(tiny_models) -> Path:
+    """`bentoml build` of bentofile.yaml, offline, into the tests' model store; the bento's folder."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", "--output", "tag"],
+        cwd=ROOT,
+        env={**os.environ, **OFFLINE},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    [tag] = [line for line in result.stdout.splitlines() if line.startswith("__tag__:")]
+    _, name, version = tag.split(":")
+    return Path(os.environ["BENTOML_HOME"]) / "bentos" / name / version
+
+
+def instructions(dockerfile: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
+    result, pending = [], ""
+    for line in dockerfile.splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1]
+            continue
+        keyword, _, arguments = (pending + line).strip().partition(" ")
+        result.append((keyword.upper(), arguments.strip()))
+        pending = ""
+    return result
+
+
+@pytest.fixture(scope="module")
+def dockerfile(bento) -> list[tuple[str, str]]:
+    return instructions((bento / "env" / "docker" / "Dockerfile").read_text())
+
+
+def args_of(dockerfile: list[tuple[str, str]], keyword: str) -> list[str]:
+    return [arguments for name, arguments in dockerfile if name == keyword]
+
+
+@pytest.mark.slow
+def test_the_bento_holds_the_services_the_tiny_models_and_the_pins(bento) -> None:
+    info = yaml.safe_load((bento / "bento.yaml").read_text())
+    assert info["entry_service"] == "GenServe"
+    services = {service["name"] for service in info["services"]}
+    assert services == {"GenServe", "ImageGenerator", "VideoGenerator"}
+    # The code: service.py and the whole genserve package.
+    code = {path.relative_to(ROOT) for path in [ROOT / "service.py", *(ROOT / "genserve").rglob("*.py")]}
+    assert code <= {path.relative_to(bento / "src") for path in (bento / "src").rglob("*.py")}
+    # The models the tiny preset loads, by the exact versions in the model store.
+    expected = {str(bentoml.models.get(store_tag(kind, "tiny")).tag) for kind in ("image", "video")}
+    assert {model["tag"] for model in info["models"]} == expected
+    # The same pins as the venv, unlocked (locking would need the network).
+    requirements = (bento / "env" / "python" / "requirements.txt").read_text().splitlines()
+    pins = [line for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line]
+    assert "torch==2.13.0" in pins
+    assert set(pins) <= set(requirements)
+    assert not (bento / "env" / "python" / "requirements.lock.txt").exists()
+
+
+@pytest.mark.slow
+def test_the_image_has_a_cuda_base_and_gets_uv_without_pip(dockerfile) -> None:
+    base = args_of(dockerfile, "FROM")[0].split()[0]
+    assert base == BENTOFILE["docker"]["base_image"]
+    assert base.startswith("nvidia/cuda:")
+    # The base has no pip: uv must be on the PATH before BentoML's step that would pip-install it.
+    steps = [f"{name} {arguments}" for name, arguments in dockerfile]
+    copy_uv = next(i for i, step in enumerate(steps) if step.startswith("COPY --from=ghcr.io/astral-sh/uv"))
+    install_uv = next(i for i, step in enumerate(steps) if "pip install" in step and "uv" in step)
+    assert copy_uv < install_uv
+
+
+@pytest.mark.slow
+def test_the_image_runs_as_the_non_root_user_the_manifests_expect(dockerfile) -> None:
+    arguments = dict(arg.split("=", 1) for arg in args_of(dockerfile, "ARG") if "=" in arg)
+    user = args_of(dockerfile, "USER")[-1]
+    assert user == arguments["BENTO_USER"] != "root"
+    uid = int(arguments["BENTO_USER_UID"])
+    assert uid != 0
+    pod = yaml.safe_load((ROOT / "k8s" / "base" / "generator-pod.yaml").read_text())
+    assert pod["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == uid
+
+
+@pytest.mark.slow
+def test_the_image_serves_on_port_3000_and_starts_single_services(bento, dockerfile) -> None:
+    assert "3000" in args_of(dockerfile, "EXPOSE")
+    [entrypoint] = args_of(dockerfile, "ENTRYPOINT")
+    assert "/env/docker/entrypoint.sh" in entrypoint
+    # The Kubernetes manifests run `start-http-server --service-name=...` through it.
+    assert "start-http-server" in (bento / "env" / "docker" / "entrypoint.sh").read_text()
+
+
+@pytest.mark.slow
+def test_the_image_sets_the_environment_without_secrets(bento, dockerfile) -> None:
+    env = dict(arg.split("=", 1) for arg in args_of(dockerfile, "ENV"))
+    defaults = dict(arg.split("=", 1) for arg in args_of(dockerfile, "ARG") if "=" in arg)
+    for name, value in BENTOFILE["docker"]["env"].items():
+        assert (env[name], defaults[name]) == (f"${name}", str(value))
+    assert defaults["GENSERVE_IMAGE_PRESET"] == defaults["GENSERVE_VIDEO_PRESET"] == "tiny"  # as bundled
+    assert "HF_TOKEN" not in (bento / "env" / "docker" / "Dockerfile").read_text()
+    # The model cache exists, owned by the bento user, so a fresh volume on it is writable.
+    cache = Path(BENTOFILE["docker"]["env"]["HF_HOME"])
+    assert any("-o $BENTO_USER" in step and str(cache) in step for step in args_of(dockerfile, "RUN"))
+
+
+def test_compose_runs_one_gpu_host_without_inlined_secrets() -> None:
+    service = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["genserve"]
+    env = dict(item.partition("=")[::2] for item in service["environment"])
+    assert env["HF_TOKEN"] == ""  # passed through from the host, never a value here
+    assert env["GENSERVE_API_KEYS_FILE"] == f"/run/secrets/{service['secrets'][0]}"
+    assert env["GENSERVE_IMAGE_GPUS"] == env["GENSERVE_VIDEO_GPUS"] == "0.5"  # both on the one GPU
+    [device] = service["deploy"]["resources"]["reservations"]["devices"]
+    assert (device["driver"], device["count"], device["capabilities"]) == ("nvidia", 1, ["gpu"])
+    cache = Path(BENTOFILE["docker"]["env"]["HF_HOME"])
+    assert any(volume.split(":")[1] in (str(cache), str(cache.parent)) for volume in service["volumes"])
+    assert service["read_only"] and "/tmp" in service["tmpfs"]
+    assert env["BENTOML_HOME"].startswith("/tmp/")
+    minutes = int(service["stop_grace_period"].removesuffix("m"))
+    assert minutes * 60 > DEFAULT_TIMEOUT_S

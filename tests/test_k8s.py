@@ -1,0 +1,289 @@
+"""The Kubernetes manifests: every overlay renders (`kubectl kustomize`), passes strict schema
+validation, and keeps the deployment rules (GPUs, probes, resources, security, scaling...)."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import PurePosixPath
+
+import kubernetes_validate
+import pytest
+import yaml
+from conftest import ROOT
+
+from genserve.settings import Settings
+
+OVERLAYS = ("gpu", "cpu")
+# The oldest Kubernetes release still commonly run (managed clusters' extended support) and the
+# newest whose schemas kubernetes-validate ships.
+KUBERNETES_VERSIONS = ("1.32.0", kubernetes_validate.utils.latest_version())
+GENERATORS = ("genserve-image", "genserve-video")
+GATEWAY = "genserve-gateway"
+# Startup budget a generator needs: the tiny preset loads in seconds; a first start on a GPU
+# downloads SD3.5 Large (about 30 GB) before loading it.
+STARTUP_BUDGET_S = {"gpu": 20 * 60, "cpu": 2 * 60}
+EXPECTED_PRESETS = {"gpu": ("sd35-large", "svd-xt"), "cpu": ("tiny", "tiny")}
+
+
+@functools.cache
+def rendered(overlay: str) -> tuple[dict, ...]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is needed to render the overlays (kubectl kustomize)"
+    result = subprocess.run(
+        [kubectl, "kustomize", str(ROOT / "k8s" / "overlays" / overlay)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+def objects(overlay: str, kind: str) -> dict[str, dict]:
+    return {obj["metadata"]["name"]: obj for obj in rendered(overlay) if obj["kind"] == kind}
+
+
+def pod(deployment: dict) -> dict:
+    return deployment["spec"]["template"]["spec"]
+
+
+def containers(deployment: dict) -> Iterator[dict]:
+    spec = pod(deployment)
+    yield from spec.get("initContainers", [])
+    yield from spec["containers"]
+
+
+def config(overlay: str) -> dict[str, str]:
+    [configmap] = objects(overlay, "ConfigMap").values()
+    return configmap["data"]
+
+
+def environment(overlay: str, container: dict) -> dict[str, str]:
+    """What a container's settings will be: the shared ConfigMap plus its literal variables."""
+    literal = {var["name"]: var["value"] for var in container.get("env", []) if "value" in var}
+    return {**config(overlay), **literal}
+
+
+def volume_for(deployment: dict, container: dict, path: str) -> dict:
+    """The volume behind `path` in a container: the deepest mount that holds it."""
+    mounts = [m for m in container["volumeMounts"] if PurePosixPath(path).is_relative_to(m["mountPath"])]
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))
+    return next(v for v in pod(deployment)["volumes"] if v["name"] == mount["name"])
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    """Kubernetes label selector semantics (matchLabels and the In operator used here)."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", expression
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+def labels(deployment: dict) -> dict:
+    return deployment["spec"]["template"]["metadata"]["labels"]
+
+
+def service_names() -> set[str]:
+    """The BentoML services defined in service.py (classes decorated with bentoml.service)."""
+    tree = ast.parse((ROOT / "service.py").read_text())
+    return {
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.ClassDef) and any("service" in ast.unparse(d) for d in node.decorator_list)
+    }
+
+
+def arg(container: dict, flag: str) -> list[str]:
+    return [a.split("=", 1)[1] for a in container.get("args", []) if a.startswith(f"{flag}=")]
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_passes_strict_schema_validation(overlay, version) -> None:
+    for obj in rendered(overlay):
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_service_runs_in_its_own_deployment_wired_to_the_others(overlay) -> None:
+    deployments = objects(overlay, "Deployment")
+    services = objects(overlay, "Service")
+    assert set(deployments) == {GATEWAY, *GENERATORS}
+    names = {}
+    for name, deployment in deployments.items():
+        [container] = pod(deployment)["containers"]
+        assert container["args"][0] == "start-http-server"
+        [names[name]] = arg(container, "--service-name")
+    assert sorted(names.values()) == sorted(service_names())
+    # The gateway reaches each generator through a Service that selects exactly its pods.
+    [gateway] = pod(deployments[GATEWAY])["containers"]
+    for depends in arg(gateway, "--depends"):
+        target, url = depends.split("=", 1)
+        host, port = re.fullmatch(r"http://([\w-]+):(\d+)", url).groups()
+        service = services[host]
+        [backend] = [
+            d
+            for d in deployments.values()
+            if selects({"matchLabels": service["spec"]["selector"]}, labels(d))
+        ]
+        assert names[backend["metadata"]["name"]] == target
+        [service_port] = [p for p in service["spec"]["ports"] if p["port"] == int(port)]
+        [container] = pod(backend)["containers"]
+        assert service_port["targetPort"] in [p["name"] for p in container["ports"]]
+    assert sorted(d.split("=")[0] for d in arg(gateway, "--depends")) == sorted(names[g] for g in GENERATORS)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_settings_are_valid_and_the_presets_fit_the_overlay(overlay) -> None:
+    known = set(re.findall(r'"(GENSERVE_[A-Z_]+)"', (ROOT / "genserve" / "settings.py").read_text()))
+    for deployment in objects(overlay, "Deployment").values():
+        for container in containers(deployment):
+            env = environment(overlay, container)
+            assert {name for name in env if name.startswith("GENSERVE_")} <= known
+            settings = Settings.from_env(env)
+            presets = (settings.image_preset.name, settings.video_preset.name)
+            assert presets == EXPECTED_PRESETS[overlay]
+
+
+def test_gpu_generators_get_a_gpu_on_gpu_nodes() -> None:
+    for name in GENERATORS:
+        deployment = objects("gpu", "Deployment")[name]
+        spec = pod(deployment)
+        [container] = spec["containers"]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert spec.get("nodeSelector") or spec.get("affinity", {}).get("nodeAffinity")
+        assert any(
+            t["key"] == "nvidia.com/gpu" and t["effect"] == "NoSchedule" and t["operator"] == "Exists"
+            for t in spec["tolerations"]
+        )
+        assert environment("gpu", container)["GENSERVE_DEVICE"] == "cuda"
+    gateway = objects("gpu", "Deployment")[GATEWAY]
+    assert "nvidia.com/gpu" not in str(gateway)
+
+
+def test_cpu_overlay_needs_no_gpu_and_no_shared_storage() -> None:
+    text = yaml.safe_dump_all(rendered("cpu"))
+    assert "nvidia.com/gpu" not in text
+    assert not objects("cpu", "PersistentVolumeClaim")
+    assert config("cpu")["GENSERVE_IMAGE_GPUS"] == config("cpu")["GENSERVE_VIDEO_GPUS"] == "0"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_probes_cover_the_model_load(overlay) -> None:
+    for name, deployment in objects(overlay, "Deployment").items():
+        [container] = pod(deployment)["containers"]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+        startup = container["startupProbe"]
+        if name in GENERATORS:
+            assert startup["httpGet"]["path"] == "/readyz"
+            budget = startup["periodSeconds"] * startup["failureThreshold"]
+            assert budget >= STARTUP_BUDGET_S[overlay]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_has_resource_requests_and_limits(overlay) -> None:
+    for deployment in objects(overlay, "Deployment").values():
+        for container in containers(deployment):
+            resources = container["resources"]
+            for key in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(resources[key]), (container["name"], key)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_generators_have_shared_memory_a_model_cache_and_time_to_finish_a_video(overlay) -> None:
+    timeout_s = int(config(overlay)["GENSERVE_REQUEST_TIMEOUT_S"])
+    claims = objects(overlay, "PersistentVolumeClaim")
+    for name, deployment in objects(overlay, "Deployment").items():
+        assert pod(deployment)["terminationGracePeriodSeconds"] > timeout_s
+        if name not in GENERATORS:
+            continue
+        [container] = pod(deployment)["containers"]
+        assert volume_for(deployment, container, "/dev/shm")["emptyDir"]["medium"] == "Memory"
+        cache = volume_for(deployment, container, environment(overlay, container)["HF_HOME"])
+        if overlay == "gpu":  # downloaded once, kept across restarts and shared by replicas
+            assert (
+                "ReadWriteMany" in claims[cache["persistentVolumeClaim"]["claimName"]]["spec"]["accessModes"]
+            )
+        else:  # the tiny models are in the image
+            assert "emptyDir" in cache
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_deployment_autoscales_and_has_a_disruption_budget(overlay) -> None:
+    deployments = objects(overlay, "Deployment")
+    autoscalers = {
+        hpa["spec"]["scaleTargetRef"]["name"]: hpa
+        for hpa in objects(overlay, "HorizontalPodAutoscaler").values()
+    }
+    assert set(autoscalers) == set(deployments)
+    for name in GENERATORS:
+        [metric] = autoscalers[name]["spec"]["metrics"]
+        assert metric["type"] == "Pods"
+        assert metric["pods"]["metric"]["name"] == "genserve_generate_in_progress"
+    budgets = objects(overlay, "PodDisruptionBudget").values()
+    for deployment in deployments.values():
+        [budget] = [b for b in budgets if selects(b["spec"]["selector"], labels(deployment))]
+        assert budget["spec"]["maxUnavailable"] == 1
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_secrets_are_referenced_never_inlined(overlay) -> None:
+    assert not objects(overlay, "Secret")
+    deployments = objects(overlay, "Deployment")
+    for deployment in deployments.values():
+        for container in containers(deployment):
+            for var in container.get("env", []):
+                if re.search(r"TOKEN|KEY|SECRET|PASSWORD", var["name"]) and not var["name"].endswith("_FILE"):
+                    assert "secretKeyRef" in var.get("valueFrom", {}), var
+    for name in GENERATORS:
+        [container] = pod(deployments[name])["containers"]
+        [token] = [var for var in container["env"] if var["name"] == "HF_TOKEN"]
+        assert token["valueFrom"]["secretKeyRef"]["optional"] is True  # only gated presets need it
+    [gateway] = pod(deployments[GATEWAY])["containers"]
+    keys_file = environment(overlay, gateway)["GENSERVE_API_KEYS_FILE"]
+    volume = volume_for(deployments[GATEWAY], gateway, keys_file)
+    assert volume["secret"]["secretName"] and not volume["secret"].get("optional")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_gateway_and_prometheus_reach_the_generators(overlay) -> None:
+    policies = objects(overlay, "NetworkPolicy").values()
+    deployments = objects(overlay, "Deployment")
+    gateway = labels(deployments[GATEWAY])
+    # Ingress is denied by default to every pod.
+    assert any(p["spec"]["podSelector"] == {} and not p["spec"].get("ingress") for p in policies)
+    for name in GENERATORS:
+        applying = [p for p in policies if selects(p["spec"]["podSelector"], labels(deployments[name]))]
+        peers = [peer for p in applying for rule in p["spec"].get("ingress", []) for peer in rule["from"]]
+        assert peers, "no ingress rule: nothing could reach the generator"
+        for peer in peers:
+            if "namespaceSelector" in peer:  # the metrics scraper, by namespace and pod
+                ns = peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                assert ns == "monitoring" and peer["podSelector"]["matchLabels"]
+            else:
+                assert selects(peer["podSelector"], gateway)
+        assert any("namespaceSelector" not in peer for peer in peers)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pods_run_as_non_root_on_a_read_only_root_filesystem(overlay) -> None:
+    for deployment in objects(overlay, "Deployment").values():
+        spec = pod(deployment)
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["automountServiceAccountToken"] is False
+        for container in containers(deployment):
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True
+            assert security["allowPrivilegeEscalation"] is False
+            assert security["capabilities"]["drop"] == ["ALL"]
+            # Where the server writes (temp files, BentoML's home, the model cache) is a volume.
+            env = environment(overlay, container)
+            for path in ("/tmp", env["BENTOML_HOME"], env.get("HF_HOME", "/tmp")):
+                volume = volume_for(deployment, container, path)
+                assert "emptyDir" in volume or "persistentVolumeClaim" in volume
