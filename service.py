@@ -27,6 +27,7 @@ from genserve.auth import BearerAuth, KeyRing
 from genserve.dispatch import RETRY_AFTER_S, dispatch
 from genserve.generation import VideoJob, generate_images, generate_videos
 from genserve.http import BodyLimit, JSONDocument, ValidateJSONBody, error_response, media_response
+from genserve.jobs import fail_orphaned_jobs
 from genserve.media import IMAGE_FORMATS, VIDEO_FORMATS, encode_image, encode_video
 from genserve.openai_api import openai_app
 from genserve.presets import MAX_BODY_BYTES
@@ -137,6 +138,11 @@ class GenServe:
 
     images = bentoml.depends(ImageGenerator)
     videos = bentoml.depends(VideoGenerator)
+
+    @bentoml.on_startup
+    async def recover_jobs(self) -> None:
+        """Jobs a previous worker left unfinished are reported failed, not left in progress."""
+        await fail_orphaned_jobs()
 
     @bentoml.api(route="/txt2img", input_spec=TextToImage)
     async def txt2img(self, ctx: bentoml.Context, **fields: Any) -> ImageFile:

@@ -141,6 +141,20 @@ def test_job_whose_worker_died_is_reported_failed_with_a_reason(fresh) -> None:
     assert "stopped" in result.json()["error"]
 
 
+def test_job_of_a_killed_entry_worker_is_reported_failed(fresh) -> None:
+    url, arbiter = fresh
+    job = {"prompt": "a long video", "num_frames": 16, "num_inference_steps": 25, "seed": 5}
+    batches = started_batches(url, "video")
+    task_id = httpx.post(f"{url}/txt2vid/submit", json=job, timeout=30).json()["task_id"]
+    wait_until(lambda: started_batches(url, "video") > batches, 60, "the video stage to start")
+    os.kill(worker_pid(arbiter.pid, "GenServe"), signal.SIGKILL)
+    wait_until(lambda: is_ready(url), 180, "the entry service to come back")
+    assert httpx.get(f"{url}/txt2vid/status", params={"task_id": task_id}).json()["status"] == "failed"
+    result = httpx.get(f"{url}/txt2vid/get", params={"task_id": task_id})
+    assert result.status_code == 503
+    assert "restarted" in result.json()["error"]
+
+
 def test_sigterm_drains_in_flight_requests(tiny_models, tmp_path) -> None:
     with running_server(tmp_path) as (url, arbiter):
         batches = started_batches(url)
