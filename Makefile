@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 3000
+UI_PORT ?= 8501
+# The UI calls the API on this machine: 0.0.0.0 is where to listen, not an address to call.
+API_URL := http://$(if $(filter 0.0.0.0,$(HOST)),127.0.0.1,$(HOST)):$(PORT)
 
 .PHONY: setup models serve test lint
 
@@ -12,7 +15,7 @@ setup: $(INSTALLED)
 
 # Re-installs only when a requirements file changes. torch is pinned to the CPU wheel that
 # lies on the dev/CI machines' local wheel folder (a plain `torch` would pull a CUDA build).
-$(INSTALLED): requirements.txt requirements-dev.txt pyproject.toml
+$(INSTALLED): requirements*.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -r requirements-dev.txt -e .
 	touch $@
@@ -21,8 +24,15 @@ $(INSTALLED): requirements.txt requirements-dev.txt pyproject.toml
 models: setup
 	$(BIN)/python models/import_models.py --image tiny --video tiny
 
-# The API on http://$(HOST):$(PORT) (docs at /, OpenAPI at /docs.json); Ctrl-C stops it.
+# The API on http://$(HOST):$(PORT) (docs at /) and the web UI on http://$(HOST):$(UI_PORT).
+# Ctrl-C stops both, and so does the API stopping. The UI sends the first GENSERVE_API_KEYS key.
 serve: models
+	@GENSERVE_URL=$(API_URL) GENSERVE_API_KEY=$${GENSERVE_API_KEY:-$${GENSERVE_API_KEYS%%,*}} \
+		$(BIN)/python -m streamlit run frontend/app.py \
+		--server.address $(HOST) --server.port $(UI_PORT) > $(VENV)/ui.log 2>&1 & ui=$$!; \
+	trap 'kill $$ui 2>/dev/null' EXIT; \
+	echo "genserve API: http://$(HOST):$(PORT)  (docs at /; ready once the models are loaded)"; \
+	echo "genserve UI:  http://$(HOST):$(UI_PORT)  (log: $(VENV)/ui.log)"; \
 	$(BIN)/bentoml serve service.py --host $(HOST) --port $(PORT)
 
 lint: setup

@@ -1,0 +1,384 @@
+"""genserve's web UI: text to image, image to video and text to video in one Streamlit page.
+
+    GENSERVE_URL=http://127.0.0.1:3000 streamlit run frontend/app.py
+
+It talks to the API only through the BentoML client SDK (`client.py`), so it runs as a process
+or Deployment of its own. The sidebar's limits are the server's (`/models`), and the server
+checks every value: when it refuses one, its message, naming the field, is what the user sees.
+"""
+
+from __future__ import annotations
+
+import base64
+import mimetypes
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import streamlit as st
+from client import FAILURES, Connection, GenServe, Job, explain
+
+from genserve.presets import (
+    MAX_PROMPT_CHARS,
+    MAX_UPLOAD_BYTES,
+    MIN_FRAMES,
+    SIZE_MULTIPLE,
+    UPLOAD_FORMATS,
+)
+from genserve.schemas import MAX_SEED, MIN_SIZE, ImageRequest, VideoRequest, random_seed
+
+#: Results a session keeps (newest first): they are held in the UI server's memory.
+GALLERY_SIZE = 24
+#: The names the page shows for the API's fields, in the sidebar and in the server's error messages.
+LABELS = {
+    "prompt": "Prompt",
+    "negative_prompt": "Negative prompt",
+    "width": "Width",
+    "height": "Height",
+    "num_inference_steps": "Steps",
+    "image_steps": "Image steps",
+    "guidance_scale": "Guidance",
+    "seed": "Seed",
+    "output_format": "Format",
+    "num_frames": "Frames",
+    "fps": "Frames per second",
+    "motion_bucket_id": "Motion",
+    "noise_aug_strength": "Noise augmentation",
+    "image": "Image",
+}
+#: What the file picker offers: the formats the API decodes, under their usual extensions.
+UPLOAD_TYPES = [name.lower() for name in UPLOAD_FORMATS] + ["jpg"]
+SOURCES = {False: "An uploaded image", True: "The latest generated image"}
+
+
+@dataclass(frozen=True)
+class Result:
+    """One generated file of this session, with what made it."""
+
+    number: int  # unique in the session: names its widgets
+    origin: str  # "txt2img", "img2vid" or "txt2vid"
+    data: bytes
+    fmt: str
+    seed: int
+    prompt: str
+
+    @property
+    def filename(self) -> str:
+        return f"genserve-{self.seed}.{self.fmt}"
+
+    @property
+    def mime(self) -> str:
+        return mimetypes.guess_type(self.filename)[0] or "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class Parameters:
+    """The sidebar's values, as API fields."""
+
+    negative_prompt: str
+    image: dict[str, Any]  # txt2img fields besides the prompts and seed
+    video: dict[str, Any]  # img2vid fields besides the image and seed
+    seed: int | None  # None: pick one here, so the seed of every result is known
+
+    def seed_to_use(self) -> int:
+        return random_seed() if self.seed is None else self.seed
+
+
+def connect(connection: Connection) -> tuple[GenServe, dict[str, Any]]:
+    """This session's client and the server's presets; when the API cannot be used, say why and stop."""
+    if "api" not in st.session_state:
+        try:
+            api = GenServe(connection)
+            models = api.models()
+        except FAILURES as error:
+            st.error(explain(error, connection.url, LABELS))
+            st.button("Retry")  # any click reruns the page
+            st.stop()
+        st.session_state.api, st.session_state.models = api, models
+    return st.session_state.api, st.session_state.models
+
+
+def default_index(options: list[str], default: str) -> int:
+    return options.index(default) if default in options else 0
+
+
+def sidebar(api: GenServe, models: dict[str, Any]) -> Parameters:
+    image, video = models["image"], models["video"]
+    image_formats, video_formats = models["image_formats"], models["video_formats"]
+    with st.sidebar:
+        st.header("Image")
+        negative = st.text_area(LABELS["negative_prompt"], max_chars=MAX_PROMPT_CHARS, key="negative_prompt")
+        size = dict(min_value=MIN_SIZE, step=SIZE_MULTIPLE, help=f"A multiple of {SIZE_MULTIPLE}")
+        width = st.number_input(
+            LABELS["width"], max_value=image["max_width"], value=image["default_width"], key="width", **size
+        )
+        height = st.number_input(
+            LABELS["height"],
+            max_value=image["max_height"],
+            value=image["default_height"],
+            key="height",
+            **size,
+        )
+        image_steps = st.slider(
+            LABELS["num_inference_steps"], 1, image["max_steps"], image["default_steps"], key="image_steps"
+        )
+        guidance = st.number_input(
+            LABELS["guidance_scale"],
+            min_value=0.0,
+            max_value=float(image["max_guidance"]),
+            value=float(image["default_guidance"]),
+            step=0.5,
+            key="guidance_scale",
+        )
+        image_format = st.selectbox(
+            LABELS["output_format"],
+            image_formats,
+            index=default_index(image_formats, ImageRequest.model_fields["output_format"].default),
+            key="image_format",
+        )
+
+        st.header("Video")
+        st.caption(f"Made at {video['width']}×{video['height']}, the video model's own size.")
+        frames = st.slider(
+            LABELS["num_frames"], MIN_FRAMES, video["max_frames"], video["default_frames"], key="num_frames"
+        )
+        fps = st.slider(LABELS["fps"], 1, video["max_fps"], video["default_fps"], key="fps")
+        video_steps = st.slider(
+            f"Video {LABELS['num_inference_steps'].lower()}",
+            1,
+            video["max_steps"],
+            video["default_steps"],
+            key="video_steps",
+        )
+        motion = st.slider(
+            LABELS["motion_bucket_id"],
+            *map(int, api.field_bounds("img2vid", "motion_bucket_id")),
+            video["default_motion_bucket_id"],
+            help="More means more motion",
+            key="motion_bucket_id",
+        )
+        noise = st.slider(
+            LABELS["noise_aug_strength"],
+            *map(float, api.field_bounds("img2vid", "noise_aug_strength")),
+            float(video["default_noise_aug_strength"]),
+            step=0.01,
+            help="Noise added to the still: more departs further from it",
+            key="noise_aug_strength",
+        )
+        video_format = st.selectbox(
+            LABELS["output_format"],
+            video_formats,
+            index=default_index(video_formats, VideoRequest.model_fields["output_format"].default),
+            key="video_format",
+        )
+
+        st.header("Seed")
+        seed = st.number_input(
+            LABELS["seed"],
+            min_value=0,
+            max_value=MAX_SEED,
+            value=None,
+            step=1,
+            placeholder="random",
+            help="Empty: a random seed. The seed of each result is shown with it, to make it again.",
+            key="seed",
+        )
+    return Parameters(
+        negative_prompt=negative,
+        image=dict(
+            width=width,
+            height=height,
+            num_inference_steps=image_steps,
+            guidance_scale=guidance,
+            output_format=image_format,
+        ),
+        video=dict(
+            num_frames=frames,
+            fps=fps,
+            num_inference_steps=video_steps,
+            motion_bucket_id=motion,
+            noise_aug_strength=noise,
+            output_format=video_format,
+        ),
+        seed=seed,
+    )
+
+
+def results() -> list[Result]:
+    return st.session_state.setdefault("results", [])
+
+
+def latest(origin: str) -> Result | None:
+    return next((result for result in results() if result.origin == origin), None)
+
+
+def remember(origin: str, data: bytes, fmt: str, seed: int, prompt: str) -> None:
+    number = st.session_state.get("made", 0) + 1
+    st.session_state.made = number
+    kept = results()
+    kept.insert(0, Result(number, origin, data, fmt, seed, prompt))
+    del kept[GALLERY_SIZE:]
+
+
+def show(result: Result, place: str) -> None:
+    """The file as the browser plays it (GIF and WebP animations are images), its seed, a download.
+
+    `st.image` would re-encode a PNG as JPEG and an animated WebP as a still JPEG: the PNG is kept
+    as it is, and an animated WebP goes to the browser as a data URL, which Streamlit passes through.
+    """
+    if result.mime.startswith("video/"):
+        st.video(result.data, format=result.mime, loop=True)
+    elif result.fmt == "webp" and result.origin != "txt2img":
+        st.image(f"data:{result.mime};base64,{base64.b64encode(result.data).decode()}")
+    else:
+        st.image(result.data, output_format="PNG" if result.fmt == "png" else "auto")
+    st.caption(f"{result.prompt} · seed {result.seed}")
+    st.download_button(
+        f"Download {result.fmt.upper()}",
+        result.data,
+        file_name=result.filename,
+        mime=result.mime,
+        on_click="ignore",  # a download changes nothing on the page
+        key=f"download-{place}-{result.number}",
+    )
+
+
+def show_latest(origin: str) -> None:
+    """A tab's latest result, at most half the page wide (a video player stretches to its column)."""
+    if result := latest(origin):
+        with st.columns(2)[0]:
+            show(result, origin)
+
+
+def generate(api: GenServe, label: str, call: Callable[[], bytes]) -> bytes | None:
+    """Run one generation call under a spinner; a failure is shown, not raised."""
+    try:
+        with st.spinner(label, show_time=True):
+            return call()
+    except FAILURES as error:
+        st.error(explain(error, api.connection.url, LABELS))
+        return None
+
+
+def prompt_input(key: str) -> str:
+    return st.text_area(
+        LABELS["prompt"], max_chars=MAX_PROMPT_CHARS, key=key, placeholder="a red cat flying through space"
+    )
+
+
+def text_to_image(api: GenServe, params: Parameters) -> None:
+    prompt = prompt_input("t2i_prompt")
+    if st.button("Generate image", type="primary", key="t2i_go"):
+        if not prompt.strip():
+            st.warning("Write a prompt first.")
+        else:
+            seed = params.seed_to_use()
+            fields = dict(prompt=prompt, negative_prompt=params.negative_prompt, seed=seed, **params.image)
+            data = generate(api, "Generating the image…", lambda: api.txt2img(**fields))
+            if data is not None:
+                remember("txt2img", data, params.image["output_format"], seed, prompt)
+    show_latest("txt2img")
+
+
+def image_to_video(api: GenServe, params: Parameters) -> None:
+    generated = latest("txt2img")
+    use_generated = generated is not None and st.radio(
+        "Start from", [False, True], format_func=SOURCES.get, horizontal=True, key="i2v_source"
+    )
+    still: tuple[str, bytes] | None = None
+    if use_generated:
+        st.image(generated.data, width=160)
+        still = (generated.filename, generated.data)
+    elif upload := st.file_uploader(
+        "A PNG, JPEG or WebP image",
+        type=UPLOAD_TYPES,
+        max_upload_size=MAX_UPLOAD_BYTES // 2**20,
+        key="i2v_upload",
+    ):
+        still = (upload.name, upload.getvalue())
+    if st.button("Generate video", type="primary", key="i2v_go", disabled=still is None):
+        name, image = still
+        seed = params.seed_to_use()
+        fields = dict(seed=seed, **params.video)
+        data = generate(api, "Generating the video…", lambda: api.img2vid(image, name, **fields))
+        if data is not None:
+            remember("img2vid", data, params.video["output_format"], seed, f"animated {name}")
+    show_latest("img2vid")
+
+
+def text_to_video(api: GenServe, params: Parameters) -> None:
+    """A job on the server: its status is shown while it runs, and survives reruns of the page."""
+    job: Job | None = st.session_state.get("job")
+    prompt = prompt_input("t2v_prompt")
+    if st.button("Start video job", type="primary", key="t2v_go", disabled=job is not None):
+        if not prompt.strip():
+            st.warning("Write a prompt first.")
+        else:
+            fields = dict(
+                prompt=prompt,
+                negative_prompt=params.negative_prompt,
+                image_steps=params.image["num_inference_steps"],
+                guidance_scale=params.image["guidance_scale"],
+                seed=params.seed_to_use(),
+                **params.video,
+            )
+            job = st.session_state.job = Job(fields)
+    if job is not None:
+        wait_for(api, job)
+    else:
+        show_latest("txt2vid")
+
+
+def wait_for(api: GenServe, job: Job) -> None:
+    status = st.status("Text to video: submitting the job…")
+
+    def report(state: str, elapsed: float) -> None:
+        status.update(label=f"Text to video job {job.task_id}: {state.replace('_', ' ')}, {elapsed:.0f} s")
+
+    try:
+        data = api.txt2vid(job, report)
+    except FAILURES as error:
+        st.session_state.job = None
+        status.update(label="Text to video job failed", state="error")
+        st.error(explain(error, api.connection.url, LABELS))
+        return
+    # Not cleared when a rerun of the page interrupts the wait: the next run goes on waiting.
+    st.session_state.job = None
+    fields = job.fields
+    remember("txt2vid", data, fields["output_format"], fields["seed"], fields["prompt"])
+    st.rerun()  # the page again, with the video in its tab and the gallery
+
+
+def gallery() -> None:
+    kept = results()
+    st.subheader(f"This session ({len(kept)})")
+    if not kept:
+        st.caption("What you make appears here, newest first.")
+    columns = st.columns(4)
+    for index, result in enumerate(kept):
+        with columns[index % len(columns)]:
+            show(result, "gallery")
+
+
+def main() -> None:
+    st.set_page_config(page_title="genserve", layout="wide")
+    st.title("genserve")
+    connection = Connection.from_env()
+    api, models = connect(connection)
+    presets = f"image model {models['image']['name']} · video model {models['video']['name']}"
+    st.caption(f"API {connection.url} · {presets}")
+    params = sidebar(api, models)
+    t2i, i2v, t2v = st.tabs(["Text → image", "Image → video", "Text → video"])
+    below = st.container()
+    with t2i:
+        text_to_image(api, params)
+    with i2v:
+        image_to_video(api, params)
+    with below:  # filled before a text-to-video job may block the rest of this run
+        st.divider()
+        gallery()
+    with t2v:
+        text_to_video(api, params)
+
+
+main()

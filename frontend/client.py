@@ -1,0 +1,163 @@
+"""The web UI's only way to genserve: the BentoML client SDK, with its failures turned into messages.
+
+The UI runs as its own process (or Deployment), so it knows the API only by URL and key
+(GENSERVE_URL, GENSERVE_API_KEY). Files come back from the SDK as paths; they are read into
+memory at once because the SDK deletes its temporary folder with the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import httpx
+from bentoml.exceptions import BentoMLException
+
+from genserve.cli import CONNECT_TIMEOUT_S, DEFAULT_URL, POLL_INTERVAL_S
+from genserve.settings import DEFAULT_TIMEOUT_S
+
+#: Task states in which a text-to-video job is still worth waiting for.
+RUNNING = ("pending", "in_progress")
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the API is and the key to send (as the SDK's `token`: `Authorization: Bearer`)."""
+
+    url: str
+    api_key: str | None
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Connection:
+        url = (environ.get("GENSERVE_URL") or DEFAULT_URL).rstrip("/")
+        return cls(url=url, api_key=environ.get("GENSERVE_API_KEY") or None)
+
+    def sdk_options(self) -> dict[str, Any]:
+        """Client arguments: a dead host fails in seconds, not after the generation timeout, and
+        `server_ready_timeout=0` skips the SDK's busy-wait on /readyz (an error is shown instead)."""
+        timeout = httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, CONNECT_TIMEOUT_S))
+        return {"token": self.api_key, "timeout": timeout, "server_ready_timeout": 0}
+
+
+class UIError(Exception):
+    """A failure already worded for the person at the page: what happened and what to do."""
+
+
+#: What a call may raise: the server's answer (the SDK's exceptions), the network, or the UI's own.
+FAILURES = (BentoMLException, httpx.HTTPError, UIError)
+
+
+@dataclass
+class Job:
+    """A text-to-video job of one page session, kept across reruns of the page so waiting can resume."""
+
+    fields: dict[str, Any]
+    started: float = field(default_factory=time.monotonic)
+    task_id: str | None = None  # set once submitted
+
+
+def _error_body(error: BentoMLException) -> dict[str, Any]:
+    """The server's JSON error inside the SDK's exception text (which may prefix it)."""
+    text = str(error)
+    start = text.find("{")
+    try:
+        body = json.loads(text[start:]) if start >= 0 else None
+    except ValueError:
+        body = None
+    return body if isinstance(body, dict) else {"error": text.strip() or "no details"}
+
+
+def explain(error: BentoMLException | httpx.HTTPError | UIError, url: str, labels: Mapping[str, str]) -> str:
+    """One message for any failure of a call, naming the fields the server named (by their UI label)."""
+    if isinstance(error, UIError):
+        return str(error)
+    if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout):
+        return f"Cannot reach the genserve API at {url}: is it running? ({error})"
+    if isinstance(error, httpx.TimeoutException):
+        return f"The genserve API at {url} did not answer in time; it may be overloaded."
+    if isinstance(error, httpx.HTTPError):
+        return f"The connection to the genserve API at {url} failed: {error}"
+    status = int(error.error_code)
+    body = _error_body(error)
+    message = str(body.get("error", ""))
+    if status == 401:
+        return f"The API needs a valid key (401: {message}). Set GENSERVE_API_KEY for the UI."
+    if status == 429:
+        return f"The API is busy (429: {message}). Try again in a few seconds."
+    if status == 503:
+        return f"The API is not ready yet (503: {message}). Try again when its models have loaded."
+    if 400 <= status < 500:
+        fields = []
+        for item in body.get("detail") or []:
+            name = ".".join(str(part) for part in item.get("loc", []))
+            shown = f"{labels[name]} ({name})" if name in labels else name
+            fields.append(f"{shown}: {item.get('msg', '')}")
+        return f"The API refused the request ({status}): " + ("; ".join(fields) or message)
+    return f"The API failed ({status}): {message}"
+
+
+class GenServe:
+    """One page session's client. Its own, not shared: the SDK closes every file it opened after each
+    call, so two sessions sharing a client could close each other's uploads."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        try:
+            self.sdk = bentoml.SyncHTTPClient(connection.url, **connection.sdk_options())
+        except BentoMLException as error:
+            # The SDK reads the API's /schema.json on connect and reports only that it could not.
+            raise UIError(
+                f"{connection.url} answered, but not as a genserve API ({error}). Check GENSERVE_URL."
+            ) from None
+
+    def models(self) -> dict[str, Any]:
+        """The presets' defaults and limits and the formats, as the server reports them."""
+        response = self.sdk.client.get("/models")
+        response.raise_for_status()
+        return response.json()
+
+    def field_bounds(self, endpoint: str, field: str) -> tuple[float, float]:
+        """A field's bounds from the endpoint schema the SDK fetched (for those /models leaves out)."""
+        schema = self.sdk.endpoints[endpoint].input["properties"][field]
+        return schema["minimum"], schema["maximum"]
+
+    def txt2img(self, **fields: Any) -> bytes:
+        return self.sdk.txt2img(**fields).read_bytes()
+
+    def img2vid(self, image: bytes, filename: str, **fields: Any) -> bytes:
+        """The SDK uploads files from paths, so the image is written to one under its own name."""
+        with tempfile.TemporaryDirectory(prefix="genserve-ui-") as folder:
+            path = Path(folder) / Path(filename).name
+            path.write_bytes(image)
+            return self.sdk.img2vid(image=path, **fields).read_bytes()
+
+    def txt2vid(self, job: Job, on_status: Callable[[str, float], None]) -> bytes:
+        """Submit the job (or go on waiting for it, after a page rerun), report its status while it
+        runs, and return the video. The async client is the SDK's one whose task submission works."""
+        return asyncio.run(self._txt2vid(job, on_status))
+
+    async def _txt2vid(self, job: Job, on_status: Callable[[str, float], None]) -> bytes:
+        async with bentoml.AsyncHTTPClient(self.connection.url, **self.connection.sdk_options()) as sdk:
+            if job.task_id is None:
+                job.task_id = (await sdk.txt2vid.submit(**job.fields)).id
+            while (status := (await sdk.txt2vid.get_status(job.task_id)).value) in RUNNING:
+                elapsed = time.monotonic() - job.started
+                if elapsed > self.connection.timeout_s:
+                    raise UIError(
+                        f"Job {job.task_id} is still {status} after {elapsed:.0f} s; stopped waiting."
+                    )
+                on_status(status, elapsed)
+                await asyncio.sleep(POLL_INTERVAL_S)
+            if status == "canceled":
+                raise UIError(f"Job {job.task_id} was canceled on the server.")
+            # A failed job's result is the server's error, which the SDK raises.
+            return (await sdk.txt2vid.get(job.task_id)).read_bytes()

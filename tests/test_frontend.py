@@ -1,0 +1,187 @@
+"""The web UI, driven by Streamlit's own test API against a real `bentoml serve` of the tiny preset."""
+
+from __future__ import annotations
+
+import base64
+import importlib
+from http import HTTPStatus
+from pathlib import Path
+from types import ModuleType
+
+import httpx
+import pytest
+from bentoml.exceptions import BentoMLException
+from conftest import ROOT, free_port
+from decoding import read_image, read_video
+from streamlit.testing.v1 import AppTest
+
+APP = ROOT / "frontend" / "app.py"
+TIMEOUT = 120
+
+
+def open_page(url: str, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    monkeypatch.setenv("GENSERVE_URL", url)
+    monkeypatch.delenv("GENSERVE_API_KEY", raising=False)
+    page = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    return page.run()
+
+
+@pytest.fixture
+def page(server: str, monkeypatch: pytest.MonkeyPatch) -> AppTest:
+    page = open_page(server, monkeypatch)
+    assert not page.exception and not page.error, [e.value for e in page.error]
+    return page
+
+
+@pytest.fixture
+def client(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """`frontend/client.py`, imported the way Streamlit imports it for the app: from the app's folder."""
+    monkeypatch.syspath_prepend(str(APP.parent))
+    return importlib.import_module("client")
+
+
+def errors(page: AppTest) -> list[str]:
+    return [element.value for element in page.error]
+
+
+def generate_image(page: AppTest, prompt: str) -> None:
+    page.text_area(key="t2i_prompt").input(prompt)
+    page.button(key="t2i_go").click().run()
+    assert not errors(page), errors(page)
+
+
+def test_sidebar_offers_the_servers_limits_and_formats(page, server) -> None:
+    models = httpx.get(f"{server}/models").json()
+    image, video = models["image"], models["video"]
+    width = page.number_input(key="width")
+    assert (width.max, width.value) == (image["max_width"], image["default_width"])
+    assert page.slider(key="image_steps").max == image["max_steps"]
+    assert page.slider(key="num_frames").max == video["max_frames"]
+    assert page.slider(key="fps").value == video["default_fps"]
+    assert page.selectbox(key="image_format").options == models["image_formats"]
+    assert page.selectbox(key="video_format").options == models["video_formats"]
+    assert page.number_input(key="seed").value is None  # random unless set
+
+
+def test_text_to_image_shows_the_image_and_the_seed_that_made_it(page, server) -> None:
+    generate_image(page, "a red cat")
+    [result] = page.session_state["results"]
+    mime, pixels = read_image(result.data)
+    assert (mime, pixels.shape) == ("image/png", (64, 64, 3))
+    assert len(page.image) == 2  # in its tab and in the gallery
+    assert f"a red cat · seed {result.seed}" in [caption.value for caption in page.caption]
+    assert page.get("download_button")
+    # The seed shown is the one used: the API makes the same file from it.
+    again = httpx.post(
+        f"{server}/txt2img", json={"prompt": "a red cat", "seed": result.seed}, timeout=TIMEOUT
+    )
+    assert again.content == result.data
+
+
+@pytest.mark.slow
+def test_a_generated_image_becomes_a_video(page, settings) -> None:
+    generate_image(page, "a blue boat")
+    page.radio(key="i2v_source").set_value(True).run()  # the latest generated image
+    page.slider(key="num_frames").set_value(3)
+    page.slider(key="video_steps").set_value(1)
+    page.button(key="i2v_go").click().run()
+    assert not errors(page), errors(page)
+    video = page.session_state["results"][0]
+    assert (video.origin, video.fmt) == ("img2vid", "mp4")
+    frames, _ = read_video(video.data, "mp4")
+    assert frames.shape == (3, settings.video_preset.height, settings.video_preset.width, 3)
+    assert page.get("video")
+
+
+@pytest.mark.slow
+def test_text_to_video_job_shows_the_video(page, settings) -> None:
+    page.text_area(key="t2v_prompt").input("a misty forest")
+    page.slider(key="num_frames").set_value(2)
+    page.slider(key="video_steps").set_value(1)
+    page.selectbox(key="video_format").set_value("webp")
+    page.number_input(key="seed").set_value(7)
+    page.button(key="t2v_go").click().run()
+    assert not errors(page), errors(page)
+    assert page.session_state["job"] is None  # finished, not left waiting
+    [video] = page.session_state["results"]
+    assert (video.origin, video.seed, video.mime) == ("txt2vid", 7, "image/webp")
+    assert "a misty forest · seed 7" in [caption.value for caption in page.caption]
+    # The page shows the animation itself, not a still that Streamlit re-encoded.
+    prefix = "data:image/webp;base64,"
+    [shown, *_] = [url for image in page.image for url in image.value if url.startswith(prefix)]
+    frames, _ = read_video(base64.b64decode(shown.removeprefix(prefix)), "webp")
+    assert frames.shape == (2, settings.video_preset.height, settings.video_preset.width, 3)
+
+
+def test_a_refused_value_shows_the_servers_message(page, server) -> None:
+    page.number_input(key="width").set_value(100)
+    page.text_area(key="t2i_prompt").input("a red cat")
+    page.button(key="t2i_go").click().run()
+    refused = httpx.post(f"{server}/txt2img", json={"prompt": "a red cat", "width": 100})
+    [detail] = refused.json()["detail"]
+    assert errors(page) == [f"The API refused the request (400): Width (width): {detail['msg']}"]
+    assert "results" not in page.session_state or not page.session_state["results"]
+
+
+def test_a_refused_upload_shows_the_servers_message(page, server) -> None:
+    page.file_uploader(key="i2v_upload").set_value(("notes.png", b"not an image", "image/png")).run()
+    page.button(key="i2v_go").click().run()
+    refused = httpx.post(f"{server}/img2vid", files={"image": ("notes.png", b"not an image", "image/png")})
+    message = refused.json()["detail"][0]["msg"]
+    assert errors(page) == [f"The API refused the request ({refused.status_code}): Image (image): {message}"]
+
+
+def test_server_down_is_explained(monkeypatch) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    page = open_page(url, monkeypatch)
+    [message] = errors(page)
+    assert message.startswith(f"Cannot reach the genserve API at {url}: is it running?")
+    assert page.button[0].label == "Retry"
+    assert not page.tabs  # nothing else is offered until the API answers
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (
+            401,
+            '{"error": "invalid API key: send \'Authorization: Bearer <key>\'"}',
+            "The API needs a valid key (401: invalid API key: send 'Authorization: Bearer <key>'). "
+            "Set GENSERVE_API_KEY for the UI.",
+        ),
+        (
+            429,
+            '{"error": "generators are busy or loading; retry later"}',
+            "The API is busy (429: generators are busy or loading; retry later). Try again in a few seconds.",
+        ),
+        (
+            400,  # the SDK's task submission puts words before the body
+            'Error making request: 400: {"detail": [{"loc": ["num_frames"], "msg": "too many"}]}',
+            "The API refused the request (400): Frames (num_frames): too many",
+        ),
+        (500, "Internal Server Error", "The API failed (500): Internal Server Error"),
+    ],
+)
+def test_error_answers_are_explained(client, status, body, expected) -> None:
+    error = BentoMLException(body, error_code=HTTPStatus(status))  # what the SDK raises for the answer
+    assert client.explain(error, "http://api", {"num_frames": "Frames"}) == expected
+
+
+def test_connection_settings_come_from_the_environment(client) -> None:
+    connection = client.Connection.from_env({"GENSERVE_URL": "http://api:3000/", "GENSERVE_API_KEY": "k1"})
+    assert (connection.url, connection.api_key) == ("http://api:3000", "k1")
+    assert client.Connection.from_env({}).url == "http://127.0.0.1:3000"
+    assert client.Connection.from_env({"GENSERVE_API_KEY": ""}).api_key is None
+    assert connection.sdk_options()["token"] == "k1"
+
+
+def test_frontend_pins_agree_with_the_service_pins() -> None:
+    """The UI image installs requirements-frontend.txt alone, so shared packages must match."""
+
+    def pins(path: Path) -> dict[str, str]:
+        lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
+        return dict(line.split("==") for line in lines if "==" in line)
+
+    service, frontend = pins(ROOT / "requirements.txt"), pins(ROOT / "requirements-frontend.txt")
+    shared = service.keys() & frontend.keys()
+    assert shared and {name: frontend[name] for name in shared} == {name: service[name] for name in shared}
