@@ -24,6 +24,7 @@ OVERLAYS = ("gpu", "cpu")
 KUBERNETES_VERSIONS = ("1.32.0", kubernetes_validate.utils.latest_version())
 GENERATORS = ("genserve-image", "genserve-video")
 GATEWAY = "genserve-gateway"
+UI = "genserve-ui"
 # Startup budget a generator needs: the tiny preset loads in seconds; a first start on a GPU
 # downloads SD3.5 Large (about 30 GB) before loading it.
 STARTUP_BUDGET_S = {"gpu": 20 * 60, "cpu": 2 * 60}
@@ -43,6 +44,11 @@ def rendered(overlay: str) -> tuple[dict, ...]:
 
 def objects(overlay: str, kind: str) -> dict[str, dict]:
     return {obj["metadata"]["name"]: obj for obj in rendered(overlay) if obj["kind"] == kind}
+
+
+def api_deployments(overlay: str) -> dict[str, dict]:
+    """The bento's Deployments (gateway and generators); the web UI is checked on its own."""
+    return {name: d for name, d in objects(overlay, "Deployment").items() if name != UI}
 
 
 def pod(deployment: dict) -> dict:
@@ -111,7 +117,7 @@ def test_overlay_passes_strict_schema_validation(overlay, version) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_each_service_runs_in_its_own_deployment_wired_to_the_others(overlay) -> None:
-    deployments = objects(overlay, "Deployment")
+    deployments = api_deployments(overlay)
     services = objects(overlay, "Service")
     assert set(deployments) == {GATEWAY, *GENERATORS}
     names = {}
@@ -141,7 +147,7 @@ def test_each_service_runs_in_its_own_deployment_wired_to_the_others(overlay) ->
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_settings_are_valid_and_the_presets_fit_the_overlay(overlay) -> None:
     known = set(re.findall(r'"(GENSERVE_[A-Z_]+)"', (ROOT / "genserve" / "settings.py").read_text()))
-    for deployment in objects(overlay, "Deployment").values():
+    for deployment in api_deployments(overlay).values():
         for container in containers(deployment):
             env = environment(overlay, container)
             assert {name for name in env if name.startswith("GENSERVE_")} <= known
@@ -175,7 +181,7 @@ def test_cpu_overlay_needs_no_gpu_and_no_shared_storage() -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_probes_cover_the_model_load(overlay) -> None:
-    for name, deployment in objects(overlay, "Deployment").items():
+    for name, deployment in api_deployments(overlay).items():
         [container] = pod(deployment)["containers"]
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
@@ -188,7 +194,7 @@ def test_probes_cover_the_model_load(overlay) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_container_has_resource_requests_and_limits(overlay) -> None:
-    for deployment in objects(overlay, "Deployment").values():
+    for deployment in api_deployments(overlay).values():
         for container in containers(deployment):
             resources = container["resources"]
             for key in ("requests", "limits"):
@@ -199,7 +205,7 @@ def test_every_container_has_resource_requests_and_limits(overlay) -> None:
 def test_generators_have_shared_memory_a_model_cache_and_time_to_finish_a_video(overlay) -> None:
     timeout_s = int(config(overlay)["GENSERVE_REQUEST_TIMEOUT_S"])
     claims = objects(overlay, "PersistentVolumeClaim")
-    for name, deployment in objects(overlay, "Deployment").items():
+    for name, deployment in api_deployments(overlay).items():
         assert pod(deployment)["terminationGracePeriodSeconds"] > timeout_s
         if name not in GENERATORS:
             continue
@@ -216,7 +222,7 @@ def test_generators_have_shared_memory_a_model_cache_and_time_to_finish_a_video(
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_deployment_autoscales_and_has_a_disruption_budget(overlay) -> None:
-    deployments = objects(overlay, "Deployment")
+    deployments = api_deployments(overlay)
     autoscalers = {
         hpa["spec"]["scaleTargetRef"]["name"]: hpa
         for hpa in objects(overlay, "HorizontalPodAutoscaler").values()
@@ -235,7 +241,7 @@ def test_every_deployment_autoscales_and_has_a_disruption_budget(overlay) -> Non
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_secrets_are_referenced_never_inlined(overlay) -> None:
     assert not objects(overlay, "Secret")
-    deployments = objects(overlay, "Deployment")
+    deployments = api_deployments(overlay)
     for deployment in deployments.values():
         for container in containers(deployment):
             for var in container.get("env", []):
@@ -254,7 +260,7 @@ def test_secrets_are_referenced_never_inlined(overlay) -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_only_the_gateway_and_prometheus_reach_the_generators(overlay) -> None:
     policies = objects(overlay, "NetworkPolicy").values()
-    deployments = objects(overlay, "Deployment")
+    deployments = api_deployments(overlay)
     gateway = labels(deployments[GATEWAY])
     # Ingress is denied by default to every pod.
     assert any(p["spec"]["podSelector"] == {} and not p["spec"].get("ingress") for p in policies)
@@ -273,7 +279,7 @@ def test_only_the_gateway_and_prometheus_reach_the_generators(overlay) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_pods_run_as_non_root_on_a_read_only_root_filesystem(overlay) -> None:
-    for deployment in objects(overlay, "Deployment").values():
+    for deployment in api_deployments(overlay).values():
         spec = pod(deployment)
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert spec["automountServiceAccountToken"] is False
@@ -287,3 +293,18 @@ def test_pods_run_as_non_root_on_a_read_only_root_filesystem(overlay) -> None:
             for path in ("/tmp", env["BENTOML_HOME"], env.get("HF_HOME", "/tmp")):
                 volume = volume_for(deployment, container, path)
                 assert "emptyDir" in volume or "persistentVolumeClaim" in volume
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_web_ui_is_locked_down_and_reaches_the_gateway_with_a_secret_key(overlay) -> None:
+    ui = objects(overlay, "Deployment")[UI]
+    spec = pod(ui)
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    [container] = spec["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/_stcore/health"
+    env = {var["name"]: var for var in container["env"]}
+    assert env["GENSERVE_URL"]["value"] == "http://genserve:3000"
+    assert "secretKeyRef" in env["GENSERVE_API_KEY"]["valueFrom"]
+    assert "genserve-ui" in objects(overlay, "NetworkPolicy")
