@@ -6,7 +6,7 @@ read from here, so a limit changed here changes everywhere.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 #: Pixel sizes must be multiples of this: the VAE downsamples by 8 and SD3 patches by 2.
 SIZE_MULTIPLE = 16
@@ -54,9 +54,9 @@ class ImagePreset:
     default_steps: int
     max_steps: int
     default_guidance: float
-    max_guidance: float
     max_sequence_length: int  # T5 tokens
     batching: Batching
+    max_guidance: float = 20.0
     gated: bool = False
 
 
@@ -76,18 +76,47 @@ class VideoPreset:
     height: int
     default_frames: int
     max_frames: int
-    default_fps: int
-    max_fps: int
     default_steps: int
     max_steps: int
-    default_motion_bucket_id: int
-    default_noise_aug_strength: float
-    min_guidance_scale: float
-    max_guidance_scale: float
-    decode_chunk_size: int
     batching: Batching
-    gated: bool = False
+    # SVD's own conventions, the same for every preset so far:
+    default_fps: int = 7
+    max_fps: int = 30
+    default_motion_bucket_id: int = 127
+    default_noise_aug_strength: float = 0.02
+    min_guidance_scale: float = 1.0  # guidance rises linearly over the frames, min to max
+    max_guidance_scale: float = 3.0
+    decode_chunk_size: int = 8  # frames the temporal VAE decodes at once: bounds its memory
 
+
+_SD35_LARGE = ImagePreset(
+    name="sd35-large",
+    source="stabilityai/stable-diffusion-3.5-large",
+    cuda_dtype="bfloat16",
+    default_width=1024,
+    default_height=1024,
+    max_width=1536,
+    max_height=1536,
+    default_steps=28,
+    max_steps=100,
+    default_guidance=3.5,
+    max_sequence_length=256,
+    batching=Batching(max_batch_size=4, max_latency_ms=300_000),
+    gated=True,
+)
+_SVD_XT = VideoPreset(
+    name="svd-xt",
+    source="stabilityai/stable-video-diffusion-img2vid-xt",
+    cuda_dtype="float16",
+    variant="fp16",
+    width=1024,
+    height=576,
+    default_frames=25,
+    max_frames=25,
+    default_steps=25,
+    max_steps=50,
+    batching=Batching(max_batch_size=2, max_latency_ms=600_000),
+)
 
 IMAGE_PRESETS: dict[str, ImagePreset] = {
     preset.name: preset
@@ -103,57 +132,28 @@ IMAGE_PRESETS: dict[str, ImagePreset] = {
             default_steps=8,
             max_steps=50,
             default_guidance=5.0,
-            max_guidance=20.0,
             max_sequence_length=64,
             batching=Batching(max_batch_size=8, max_latency_ms=60_000),
         ),
-        ImagePreset(
-            name="sd35-large",
-            source="stabilityai/stable-diffusion-3.5-large",
-            cuda_dtype="bfloat16",
-            default_width=1024,
-            default_height=1024,
-            max_width=1536,
-            max_height=1536,
-            default_steps=28,
-            max_steps=100,
-            default_guidance=3.5,
-            max_guidance=20.0,
-            max_sequence_length=256,
-            batching=Batching(max_batch_size=4, max_latency_ms=300_000),
-            gated=True,
-        ),
-        ImagePreset(
-            name="sd35-large-turbo",
+        _SD35_LARGE,
+        replace(
+            _SD35_LARGE,
+            name="sd35-large-turbo",  # distilled: few steps, no classifier-free guidance
             source="stabilityai/stable-diffusion-3.5-large-turbo",
-            cuda_dtype="bfloat16",
-            default_width=1024,
-            default_height=1024,
-            max_width=1536,
-            max_height=1536,
             default_steps=4,
             max_steps=16,
             default_guidance=0.0,
-            max_guidance=20.0,
-            max_sequence_length=256,
             batching=Batching(max_batch_size=8, max_latency_ms=120_000),
-            gated=True,
         ),
-        ImagePreset(
+        replace(
+            _SD35_LARGE,
             name="sd35-medium",
             source="stabilityai/stable-diffusion-3.5-medium",
-            cuda_dtype="bfloat16",
-            default_width=1024,
-            default_height=1024,
             max_width=1440,
             max_height=1440,
             default_steps=40,
-            max_steps=100,
             default_guidance=4.5,
-            max_guidance=20.0,
-            max_sequence_length=256,
             batching=Batching(max_batch_size=8, max_latency_ms=300_000),
-            gated=True,
         ),
     )
 }
@@ -170,56 +170,17 @@ VIDEO_PRESETS: dict[str, VideoPreset] = {
             height=64,
             default_frames=8,
             max_frames=16,
-            default_fps=7,
-            max_fps=30,
             default_steps=4,
             max_steps=25,
-            default_motion_bucket_id=127,
-            default_noise_aug_strength=0.02,
-            min_guidance_scale=1.0,
-            max_guidance_scale=3.0,
-            decode_chunk_size=8,
             batching=Batching(max_batch_size=4, max_latency_ms=120_000),
         ),
-        VideoPreset(
-            name="svd-xt",
-            source="stabilityai/stable-video-diffusion-img2vid-xt",
-            cuda_dtype="float16",
-            variant="fp16",
-            width=1024,
-            height=576,
-            default_frames=25,
-            max_frames=25,
-            default_fps=7,
-            max_fps=30,
-            default_steps=25,
-            max_steps=50,
-            default_motion_bucket_id=127,
-            default_noise_aug_strength=0.02,
-            min_guidance_scale=1.0,
-            max_guidance_scale=3.0,
-            decode_chunk_size=8,
-            batching=Batching(max_batch_size=2, max_latency_ms=600_000),
-        ),
-        VideoPreset(
-            name="svd",
+        _SVD_XT,
+        replace(
+            _SVD_XT,
+            name="svd",  # the 14-frame original
             source="stabilityai/stable-video-diffusion-img2vid",
-            cuda_dtype="float16",
-            variant="fp16",
-            width=1024,
-            height=576,
             default_frames=14,
             max_frames=14,
-            default_fps=7,
-            max_fps=30,
-            default_steps=25,
-            max_steps=50,
-            default_motion_bucket_id=127,
-            default_noise_aug_strength=0.02,
-            min_guidance_scale=1.0,
-            max_guidance_scale=3.0,
-            decode_chunk_size=8,
-            batching=Batching(max_batch_size=2, max_latency_ms=600_000),
         ),
     )
 }
