@@ -80,6 +80,23 @@ def test_a_failed_batch_is_retried_one_by_one() -> None:
     assert "ValueError" in outcomes[1].error
 
 
+def test_out_of_memory_batch_with_a_real_pipeline_matches_requests_made_alone(image_pipe, settings) -> None:
+    """The injected fault: the real tiny pipeline 'runs out of GPU memory' on any batch of two or more."""
+    preset = settings.image_preset
+    requests = [image_request_model(preset)(prompt=f"a robot {i}", seed=i) for i in range(3)]
+
+    def generate(items, unwanted):
+        if len(items) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return generate_images(image_pipe, preset, items, unwanted)
+
+    outcomes = run_batch("image", [queued(r) for r in requests], generate, Cancellations(60))
+    for request, outcome in zip(requests, outcomes, strict=True):
+        [alone] = generate_images(image_pipe, preset, [request])
+        assert outcome.status == 200
+        np.testing.assert_array_equal(outcome.value, alone)
+
+
 def test_pipeline_call_is_abandoned_between_steps(image_pipe, settings) -> None:
     """Cancelling mid-call stops a real pipeline at the next step instead of finishing it."""
     request = image_request_model(settings.image_preset)(prompt="a cat", num_inference_steps=40, seed=1)
