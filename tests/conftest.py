@@ -110,9 +110,24 @@ def stop(process: subprocess.Popen, grace_s: float = 30) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def private_bentoml_home(directory: Path) -> Path:
+    """A BENTOML_HOME of a server's own that shares the session's model store.
+
+    Servers running at once must not share a home: each clears the metrics directory there at
+    start, and their task stores (SQLite) would collide.
+    """
+    home = directory / "bentoml-home"
+    home.mkdir(exist_ok=True)
+    models = home / "models"
+    if not models.exists():
+        models.symlink_to(Path(os.environ["BENTOML_HOME"]) / "models")
+    return home
+
+
 @contextmanager
 def running_server(log_dir: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen]]:
     """A real `bentoml serve service.py` on a free port with extra environment; yields (URL, process)."""
+    env = {"BENTOML_HOME": str(private_bentoml_home(log_dir)), **env}
     port = free_port()
     log = log_dir / f"serve-{port}.log"
     command = [sys.executable, "-m", "bentoml", "serve", "service.py", "--host", "127.0.0.1"]
