@@ -28,43 +28,61 @@ DISCONNECT_POLL_S = 0.5
 async def dispatch(
     generator: Any, item: Any, timeout_s: float, request: Request | None = None, wait_if_busy: bool = False
 ) -> Outcome:
-    """Run `item` through `generator` (a `bentoml.depends` handle) and return its outcome.
+    """Run one item through `generator`; see `dispatch_all`."""
+    [outcome] = await dispatch_all(generator, [item], timeout_s, request, wait_if_busy)
+    return outcome
 
-    `request`: the client's HTTP request, watched for a disconnect. `wait_if_busy`: when the
-    generator's queue is full, wait and retry until the deadline instead of answering 429 (for
-    background jobs, which a client has already been promised).
+
+async def dispatch_all(
+    generator: Any,
+    items: list[Any],
+    timeout_s: float,
+    request: Request | None = None,
+    wait_if_busy: bool = False,
+) -> list[Outcome]:
+    """Run `items` through `generator` (a `bentoml.depends` handle) as one call; their outcomes.
+
+    Items sent together join the adaptive batch together. `request`: the client's HTTP request,
+    watched for a disconnect. `wait_if_busy`: when the generator's queue is full, wait and retry
+    until the deadline instead of answering 429 (for background jobs, which a client has
+    already been promised).
     """
-    queued = Queued(item=item, deadline=time.time() + timeout_s)
+    deadline = time.time() + timeout_s
+    queued = [Queued(item=item, deadline=deadline) for item in items]
     while True:
-        outcome = await _call_once(generator, queued, request)
-        retry = outcome.status == 429 and wait_if_busy and time.time() + RETRY_AFTER_S < queued.deadline
-        if not retry:
-            return outcome
+        outcomes = await _call_once(generator, queued, request)
+        busy = any(outcome.status == 429 for outcome in outcomes)
+        if not (busy and wait_if_busy and time.time() + RETRY_AFTER_S < deadline):
+            return outcomes
         await asyncio.sleep(RETRY_AFTER_S)
 
 
-async def _call_once(generator: Any, queued: Queued, request: Request | None) -> Outcome:
-    work = asyncio.ensure_future(generator.to_async.generate([queued]))
+async def _call_once(generator: Any, queued: list[Queued], request: Request | None) -> list[Outcome]:
+    def everyone(outcome: Outcome) -> list[Outcome]:
+        return [outcome] * len(queued)
+
+    work = asyncio.ensure_future(generator.to_async.generate(queued))
     try:
         if request is not None:
             await _until_done_or_disconnected(work, request)
-        [outcome] = await work
-        return outcome
+        return await work
     except asyncio.CancelledError:
         # The caller is gone (disconnect, or the server's own timeout cancelled this coroutine):
         # stop the generator working for nobody. Shielded: this coroutine is being cancelled.
         work.cancel()
-        await asyncio.shield(_cancel(generator, queued.request_id))
+        await asyncio.shield(_cancel(generator, [q.request_id for q in queued]))
         raise
     except BentoMLException as error:
         status = int(error.error_code)
         if status in (429, 503):
-            return Outcome(status=status, error="the generators are busy or still loading; retry later")
+            busy = "the generators are busy or still loading; retry later"
+            return everyone(Outcome(status=status, error=busy))
         logger.error("generator call failed: %s", error)
-        return Outcome(status=500, error="generation failed; see the server log")
+        return everyone(Outcome(status=500, error="generation failed; see the server log"))
     except Exception as error:  # the generator process died or its connection broke
         logger.error("generator unreachable: %r", error)
-        return Outcome(status=503, error="the generator stopped while working on this request; retry later")
+        stopped = "the generator stopped while working on this request; retry later"
+        return everyone(Outcome(status=503, error=stopped))
 
 
 async def _until_done_or_disconnected(work: asyncio.Future, request: Request) -> None:
@@ -75,8 +93,8 @@ async def _until_done_or_disconnected(work: asyncio.Future, request: Request) ->
             raise asyncio.CancelledError
 
 
-async def _cancel(generator: Any, request_id: str) -> None:
+async def _cancel(generator: Any, request_ids: list[str]) -> None:
     try:
-        await generator.to_async.cancel([request_id])
+        await generator.to_async.cancel(request_ids)
     except Exception as error:  # best effort: the deadline still stops the work
-        logger.warning("could not cancel request %s: %r", request_id, error)
+        logger.warning("could not cancel requests %s: %r", request_ids, error)

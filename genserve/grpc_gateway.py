@@ -1,0 +1,291 @@
+"""The gRPC front door: the original project's `image_gen.proto`, forwarded to genserve's HTTP API.
+
+BentoML 1.4's services cannot serve gRPC, so this is a process of its own (`python -m
+genserve.grpc_gateway`, its own Deployment) that calls the service through BentoML's client
+SDK: the service stays the one place that validates, batches and generates, and its 4xx
+errors come back as INVALID_ARGUMENT naming the same field.
+
+The served contract is `proto/image_gen.proto` itself, compiled in-process at start-up by
+grpcio-tools' protoc into a descriptor pool: no generated code to keep in step with the file,
+and server reflection (for grpcurl and Postman) describes exactly that file. Clients generate
+their stubs from the same file.
+
+Settings (environment): GENSERVE_URL (the service), GENSERVE_GRPC_HOST / GENSERVE_GRPC_PORT
+(where to listen), GENSERVE_GRPC_MAX_MESSAGE_MB (largest message either way) and
+GENSERVE_REQUEST_TIMEOUT_S (longest wait for one generation, and for calls in flight on SIGTERM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import signal
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import bentoml
+import grpc
+import httpx
+from bentoml.exceptions import BentoMLException
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.descriptor import FileDescriptor
+from google.protobuf.message import Message
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_tools import protoc
+
+from genserve.media import VIDEO_FORMATS
+from genserve.schemas import TextToVideoRequest, VideoRequest, random_seed
+from genserve.settings import DEFAULT_TIMEOUT_S, _positive_int
+
+logger = logging.getLogger(__name__)
+
+PROTO = Path(__file__).resolve().parent.parent / "proto" / "image_gen.proto"
+SERVICE = "ImageGenerator"
+MIB = 1024 * 1024
+
+#: Large enough for a 4096x4096 PNG in `image_data`. The worst case is incompressible pixels,
+#: which zlib stores as they are: 4096 rows x (1 filter byte + 4096 x 3) = 50,335,744 bytes, plus
+#: zlib's and PNG's framing (~18 KB) = 50.35 MB (48.0 MiB); base64 makes it 4/3 of that,
+#: 67.14 MB = 64.03 MiB: just over the 64 MiB often chosen. 65 MiB holds it and the reply's
+#: other fields. (Video files and uploads are far smaller: uploads stop at 32 MiB.)
+DEFAULT_MAX_MESSAGE_MB = 65
+DEFAULT_PORT = 50051
+#: How often a text-to-video job's status is asked for while it runs.
+POLL_INTERVAL_S = 0.5
+
+#: Fields of text to video that image to video does not take.
+TEXT_ONLY_FIELDS = TextToVideoRequest.model_fields.keys() - VideoRequest.model_fields.keys()
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Where the service is, where to listen, and how large a message may be."""
+
+    url: str
+    host: str
+    port: int
+    max_message_bytes: int
+    timeout_s: int
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> GatewaySettings:
+        return cls(
+            url=environ.get("GENSERVE_URL") or "http://127.0.0.1:3000",
+            host=environ.get("GENSERVE_GRPC_HOST") or "[::]",
+            port=_positive_int(environ, "GENSERVE_GRPC_PORT", DEFAULT_PORT),
+            max_message_bytes=MIB
+            * _positive_int(environ, "GENSERVE_GRPC_MAX_MESSAGE_MB", DEFAULT_MAX_MESSAGE_MB),
+            timeout_s=_positive_int(environ, "GENSERVE_REQUEST_TIMEOUT_S", DEFAULT_TIMEOUT_S),
+        )
+
+
+def load_contract(proto: Path = PROTO) -> FileDescriptor:
+    """Compile the .proto file into a descriptor pool of its own."""
+    with tempfile.TemporaryDirectory() as tmp:
+        compiled = Path(tmp) / "contract.pb"
+        status = protoc.main(
+            ["protoc", f"--proto_path={proto.parent}", f"--descriptor_set_out={compiled}", proto.name]
+        )
+        if status != 0:
+            raise RuntimeError(f"protoc could not compile {proto} (exit status {status})")
+        [file] = descriptor_pb2.FileDescriptorSet.FromString(compiled.read_bytes()).file
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(reflection_pb2.DESCRIPTOR.serialized_pb)  # so reflection describes itself too
+    pool.AddSerializedFile(file.SerializeToString())
+    return pool.FindFileByName(file.name)
+
+
+def api_key(context: grpc.aio.ServicerContext) -> str | None:
+    """The key from `authorization: Bearer <key>` metadata, as the HTTP API takes it."""
+    for name, value in context.invocation_metadata() or ():
+        if name == "authorization" and isinstance(value, str):
+            scheme, _, key = value.partition(" ")
+            return key.strip() if scheme.lower() == "bearer" else None
+    return None
+
+
+def invalid_fields(body: str) -> str:
+    """The service's 4xx error body as `field: message`, so the gRPC error names the field too."""
+    try:
+        error = json.loads(body[body.find("{") :])  # the SDK may prefix it: "Error making request: 400: "
+        named = [f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.get("detail", [])]
+        return "; ".join(named) or str(error.get("error", body))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return body
+
+
+#: The service's refusals that are not about the request's fields, and what the caller is told.
+REFUSALS: dict[int, tuple[grpc.StatusCode, str]] = {
+    401: (grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key: send 'authorization: Bearer <key>'"),
+    403: (grpc.StatusCode.PERMISSION_DENIED, "this API key may not do that"),
+    429: (grpc.StatusCode.RESOURCE_EXHAUSTED, "the generators are busy; retry later"),
+    503: (grpc.StatusCode.UNAVAILABLE, "the generators are busy or loading; retry later"),
+    504: (grpc.StatusCode.DEADLINE_EXCEEDED, "generation took longer than the service's timeout"),
+}
+
+
+def grpc_error(status: int, body: str) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status and message for the service's HTTP error: other 4xx name the bad fields."""
+    if status in REFUSALS:
+        return REFUSALS[status]
+    if 400 <= status < 500:
+        return grpc.StatusCode.INVALID_ARGUMENT, invalid_fields(body)
+    return grpc.StatusCode.INTERNAL, f"the service answered {status}: {body[:500]}"
+
+
+async def set_up(client: bentoml.AsyncHTTPClient, context: grpc.aio.ServicerContext) -> None:
+    """The SDK client's setup (what `async with` does; the caller closes it): it fetches the API
+    schema, and reports a refusal there (a bad key, say) without its status, so ask once more."""
+    try:
+        await client.__aenter__()
+    except BentoMLException:
+        refusal = await client.request("GET", "/schema.json")
+        if refusal.is_error:
+            await context.abort(*grpc_error(refusal.status_code, refusal.text))
+        raise
+
+
+async def read_result(path: Path) -> bytes:
+    """The file the SDK saved a result to, removed once read: the gateway runs for long."""
+    try:
+        return await asyncio.to_thread(path.read_bytes)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+class Gateway:
+    """The `ImageGenerator` gRPC service, each call forwarded to the BentoML service."""
+
+    def __init__(self, contract: FileDescriptor, settings: GatewaySettings) -> None:
+        self.contract = contract
+        self.settings = settings
+        messages = contract.message_types_by_name
+        self.ImageResponse = message_factory.GetMessageClass(messages["ImageResponse"])
+        self.VideoResponse = message_factory.GetMessageClass(messages["VideoResponse"])
+
+    @property
+    def service_name(self) -> str:
+        return self.contract.services_by_name[SERVICE].full_name
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        service = self.contract.services_by_name[SERVICE]
+        methods = {"GenerateImage": self.generate_image, "GenerateVideo": self.generate_video}
+        handlers = {}
+        for name, method in methods.items():
+            request = message_factory.GetMessageClass(service.methods_by_name[name].input_type)
+            handlers[name] = grpc.unary_unary_rpc_method_handler(
+                method,
+                request_deserializer=request.FromString,
+                response_serializer=lambda reply: reply.SerializeToString(),
+            )
+        return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+    async def _forward(
+        self,
+        context: grpc.aio.ServicerContext,
+        call: Callable[[bentoml.AsyncHTTPClient], Awaitable[T]],
+    ) -> T:
+        """Run `call` with an SDK client that carries the caller's key; map failures to gRPC codes.
+
+        A client per call, because the key is the caller's; its setup is one schema request.
+        """
+        client = bentoml.AsyncHTTPClient(
+            self.settings.url, token=api_key(context), timeout=self.settings.timeout_s, server_ready_timeout=0
+        )
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                await set_up(client, context)
+                return await call(client)
+        except BentoMLException as error:
+            await context.abort(*grpc_error(int(error.error_code), str(error)))
+        except (TimeoutError, httpx.TimeoutException):
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "generation took too long")
+        except httpx.TransportError as error:
+            logger.warning("genserve at %s is unreachable: %r", self.settings.url, error)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the genserve service is unreachable")
+        finally:
+            await client.close()
+
+    async def generate_image(self, request: Message, context: grpc.aio.ServicerContext) -> Message:
+        fields = {"prompt": request.prompt, **fields_of(request)}  # an empty one is the service's to name
+        fields.setdefault("seed", random_seed())  # chosen here, so the reply can report it
+
+        async def call(client: bentoml.AsyncHTTPClient) -> bytes:
+            return await read_result(await client.txt2img(**fields, output_format="png"))
+
+        data = await self._forward(context, call)
+        return self.ImageResponse(image_data=base64.b64encode(data).decode("ascii"), seed=fields["seed"])
+
+    async def generate_video(self, request: Message, context: grpc.aio.ServicerContext) -> Message:
+        fields = fields_of(request)
+        fields.setdefault("seed", random_seed())
+        fields.setdefault("output_format", VideoRequest.model_fields["output_format"].default)
+        image = fields.pop("image", None)
+        if image is None and "prompt" not in fields:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "prompt or image: one is required")
+        if image is not None and (text_only := sorted(TEXT_ONLY_FIELDS & fields.keys())):
+            message = f"{', '.join(text_only)}: only for text to video (with a prompt), not with an image"
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+        async def image_to_video(client: bentoml.AsyncHTTPClient) -> bytes:
+            with tempfile.TemporaryDirectory() as tmp:
+                upload = Path(tmp) / "image"
+                upload.write_bytes(image)
+                return await read_result(await client.img2vid(image=upload, **fields))
+
+        async def text_to_video(client: bentoml.AsyncHTTPClient) -> bytes:
+            task = await client.txt2vid.submit(**fields)
+            while (await task.get_status()).value in ("pending", "in_progress"):
+                await asyncio.sleep(POLL_INTERVAL_S)
+            return await read_result(await task.get())
+
+        data = await self._forward(context, text_to_video if image is None else image_to_video)
+        fmt = fields["output_format"]
+        return self.VideoResponse(video_data=data, mime_type=VIDEO_FORMATS[fmt], seed=fields["seed"])
+
+
+def fields_of(request: Message) -> dict[str, Any]:
+    """The fields the caller set: unset ones are left to the service's preset defaults."""
+    return {field.name: value for field, value in request.ListFields()}
+
+
+async def serve(settings: GatewaySettings) -> None:
+    """Serve, with reflection and the message limit both ways, until SIGTERM or SIGINT."""
+    gateway = Gateway(load_contract(), settings)
+    limit = settings.max_message_bytes
+    server = grpc.aio.server(
+        options=[("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+    )
+    server.add_generic_rpc_handlers((gateway.handler(),))
+    reflection.enable_server_reflection(
+        (gateway.service_name, reflection.SERVICE_NAME), server, pool=gateway.contract.pool
+    )
+    address = f"{settings.host}:{settings.port}"
+    server.add_insecure_port(address)
+    stopping = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stopping.set)
+    await server.start()
+    logger.info("gRPC gateway on %s -> %s (messages up to %d MiB)", address, settings.url, limit // MIB)
+    await stopping.wait()
+    # Calls in flight may take a whole request timeout (a video): let them finish.
+    logger.info("stopping: no new calls, up to %d s for those in flight", settings.timeout_s)
+    await server.stop(grace=settings.timeout_s)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per forwarded request
+    asyncio.run(serve(GatewaySettings.from_env()))
+
+
+if __name__ == "__main__":
+    main()

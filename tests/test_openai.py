@@ -1,0 +1,103 @@
+"""OpenAI's Images API on the served service, called with the real `openai` client."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from decoding import read_image
+from test_auth import ENV_KEYS, keyed  # noqa: F401  # a fixture: the served API with API keys
+
+TIMEOUT = 120
+
+
+def openai_client(url: str, api_key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0, timeout=TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai_client(server, "any-key-while-the-api-is-open")
+
+
+def image_work(url: str) -> tuple[float, float]:
+    """(batches run, images made) by the image generator so far, from genserve's own metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+
+    def total(name: str) -> float:
+        return sum(
+            float(value) for value in re.findall(rf'^{name}{{kind="image"}} (\S+)$', text, re.MULTILINE)
+        )
+
+    return total("genserve_generation_seconds_count"), total("genserve_generated_total")
+
+
+def decoded(result: openai.types.ImagesResponse) -> list[tuple[str, np.ndarray]]:
+    return [read_image(base64.b64decode(image.b64_json, validate=True)) for image in result.data]
+
+
+def test_n_images_are_distinct_at_the_requested_size_and_batched_together(client, server, settings) -> None:
+    batches, images = image_work(server)
+    result = client.images.generate(model=settings.image_preset.name, prompt="a red cat", n=2, size="96x64")
+    (first_mime, first), (second_mime, second) = decoded(result)
+    assert first_mime == second_mime == "image/png"
+    assert first.shape == second.shape == (64, 96, 3)
+    assert not np.array_equal(first, second)  # each image its own seed
+    assert (result.size, result.output_format) == ("96x64", "png")
+    assert result.created > 0
+    assert image_work(server) == (batches + 1, images + 2)  # one batch made both
+
+
+def test_output_format_and_the_preset_default_size(client, settings) -> None:
+    result = client.images.generate(prompt="a blue bird", output_format="jpeg", response_format="b64_json")
+    preset = settings.image_preset
+    [(mime, pixels)] = decoded(result)
+    assert mime == "image/jpeg"
+    assert pixels.shape == (preset.default_height, preset.default_width, 3)
+    assert result.size == f"{preset.default_width}x{preset.default_height}"
+
+
+def test_bad_size_is_an_openai_shaped_400(client) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.images.generate(prompt="a cat", size="100x64")
+    assert raised.value.status_code == 400
+    assert (raised.value.type, raised.value.param, raised.value.code) == (
+        "invalid_request_error",
+        "size",
+        "invalid_value",
+    )
+    assert "multiple of 16" in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "code"),
+    [
+        ({"prompt": "a cat", "size": "4096x4096"}, "size", "invalid_value"),
+        ({"prompt": "a cat", "size": "large"}, "size", "invalid_value"),
+        ({"prompt": "a cat", "n": 5}, "n", "invalid_value"),
+        ({"prompt": "a cat", "model": "dall-e-3"}, "model", "invalid_value"),
+        ({"prompt": "a cat", "response_format": "url"}, "response_format", "unsupported_value"),
+        ({"prompt": "a cat", "output_format": "gif"}, "output_format", "invalid_value"),
+        ({"prompt": ""}, "prompt", "invalid_value"),
+        ({"n": 1}, "prompt", "missing_required_parameter"),
+        ({"prompt": "a cat", "quality": "hd"}, "quality", "unknown_parameter"),
+    ],
+)
+def test_bad_parameters_are_400s_naming_the_parameter(server, body, param, code) -> None:
+    response = httpx.post(f"{server}/v1/images/generations", json=body, timeout=TIMEOUT)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error.keys() == {"message", "type", "param", "code"}
+    assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", param, code)
+
+
+@pytest.mark.slow
+def test_the_api_key_is_the_bearer_token(keyed) -> None:  # noqa: F811  # the fixture
+    url = keyed[0]
+    assert len(openai_client(url, ENV_KEYS[1]).images.generate(prompt="a cat").data) == 1
+    with pytest.raises(openai.AuthenticationError):
+        openai_client(url, "wrong-key").images.generate(prompt="a cat")
