@@ -6,10 +6,11 @@ INSTALLED := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 3000
 UI_PORT ?= 8501
+GRPC_PORT ?= 50051
 # The UI calls the API on this machine: 0.0.0.0 is where to listen, not an address to call.
 API_URL := http://$(if $(filter 0.0.0.0,$(HOST)),127.0.0.1,$(HOST)):$(PORT)
 
-.PHONY: setup models serve test lint
+.PHONY: setup models serve grpc test lint
 
 setup: $(INSTALLED)
 
@@ -34,6 +35,11 @@ serve: models
 	echo "genserve API: http://$(HOST):$(PORT)  (docs at /; ready once the models are loaded)"; \
 	echo "genserve UI:  http://$(HOST):$(UI_PORT)  (log: $(VENV)/ui.log)"; \
 	$(BIN)/bentoml serve service.py --host $(HOST) --port $(PORT)
+
+# The gRPC gateway (the original image_gen.proto) on $(HOST):$(GRPC_PORT), in front of `make serve`'s API.
+grpc: setup
+	GENSERVE_URL=$(API_URL) GENSERVE_GRPC_HOST=$(HOST) GENSERVE_GRPC_PORT=$(GRPC_PORT) \
+		$(BIN)/python -m genserve.grpc_gateway
 
 lint: setup
 	$(BIN)/ruff check .

@@ -25,6 +25,7 @@ KUBERNETES_VERSIONS = ("1.32.0", kubernetes_validate.utils.latest_version())
 GENERATORS = ("genserve-image", "genserve-video")
 GATEWAY = "genserve-gateway"
 UI = "genserve-ui"
+GRPC = "genserve-grpc"
 # Startup budget a generator needs: the tiny preset loads in seconds; a first start on a GPU
 # downloads SD3.5 Large (about 30 GB) before loading it.
 STARTUP_BUDGET_S = {"gpu": 20 * 60, "cpu": 2 * 60}
@@ -47,8 +48,8 @@ def objects(overlay: str, kind: str) -> dict[str, dict]:
 
 
 def api_deployments(overlay: str) -> dict[str, dict]:
-    """The bento's Deployments (gateway and generators); the web UI is checked on its own."""
-    return {name: d for name, d in objects(overlay, "Deployment").items() if name != UI}
+    """The bento's HTTP services (gateway and generators); the front ends are checked on their own."""
+    return {name: d for name, d in objects(overlay, "Deployment").items() if name not in (UI, GRPC)}
 
 
 def pod(deployment: dict) -> dict:
@@ -308,3 +309,17 @@ def test_web_ui_is_locked_down_and_reaches_the_gateway_with_a_secret_key(overlay
     assert env["GENSERVE_URL"]["value"] == "http://genserve:3000"
     assert "secretKeyRef" in env["GENSERVE_API_KEY"]["valueFrom"]
     assert "genserve-ui" in objects(overlay, "NetworkPolicy")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_grpc_gateway_is_locked_down_and_forwards_to_the_gateway(overlay) -> None:
+    grpc = objects(overlay, "Deployment")[GRPC]
+    spec = pod(grpc)
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    [container] = spec["containers"]
+    assert container["command"] == ["python", "-m", "genserve.grpc_gateway"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    assert environment(overlay, container)["GENSERVE_URL"] == "http://genserve:3000"
+    assert spec["terminationGracePeriodSeconds"] > int(config(overlay)["GENSERVE_REQUEST_TIMEOUT_S"])
+    assert "genserve-grpc" in objects(overlay, "NetworkPolicy")
