@@ -10,7 +10,7 @@ GRPC_PORT ?= 50051
 # The UI calls the API on this machine: 0.0.0.0 is where to listen, not an address to call.
 API_URL := http://$(if $(filter 0.0.0.0,$(HOST)),127.0.0.1,$(HOST)):$(PORT)
 
-.PHONY: setup models serve grpc test lint
+.PHONY: setup models serve grpc test lint image-test
 
 setup: $(INSTALLED)
 
@@ -47,3 +47,8 @@ lint: setup
 
 test: lint
 	$(BIN)/pytest
+
+# The container image's CPU variant, built from the bento with podman and run: an image and a
+# video made through its port, a clean SIGTERM stop (docs/deploy.md). Root, podman, mmdebstrap.
+image-test: setup
+	$(BIN)/python scripts/image_test.py

@@ -91,14 +91,33 @@ def test_the_bento_holds_the_services_the_tiny_models_and_the_pins(bento) -> Non
 
 @pytest.mark.slow
 def test_the_image_has_a_cuda_base_and_gets_uv_without_pip(dockerfile) -> None:
-    base = args_of(dockerfile, "FROM")[0].split()[0]
-    assert base == BENTOFILE["docker"]["base_image"]
-    assert base.startswith("nvidia/cuda:")
-    # The base has no pip: uv must be on the PATH before BentoML's step that would pip-install it.
+    # Every stage starts from BASE_IMAGE, by default the CUDA base; the CPU variant
+    # (scripts/image_test.py) passes another one.
+    assert dockerfile[0] == ("ARG", f"BASE_IMAGE={BENTOFILE['docker']['base_image']}")
+    assert BENTOFILE["docker"]["base_image"].startswith("nvidia/cuda:")
+    assert args_of(dockerfile, "FROM") == ["${BASE_IMAGE} AS uv", "${BASE_IMAGE} as base-container"]
+    # The base has no pip: uv, from PyPI in the first stage, must be on the PATH before
+    # BentoML's step that would pip-install it. Nothing comes from another image.
     steps = [f"{name} {arguments}" for name, arguments in dockerfile]
-    copy_uv = next(i for i, step in enumerate(steps) if step.startswith("COPY --from=ghcr.io/astral-sh/uv"))
+    assert "pip3 install --no-cache-dir --target /opt/uv uv==" in steps[2]
+    copy_uv = steps.index("COPY --from=uv /opt/uv/bin/uv /usr/local/bin/")
     install_uv = next(i for i, step in enumerate(steps) if "pip install" in step and "uv" in step)
     assert copy_uv < install_uv
+    assert [step for step in steps if "--from=" in step] == [steps[copy_uv]]
+
+
+@pytest.mark.slow
+def test_the_build_can_prefer_local_wheels_and_trust_a_proxy_ca_and_keeps_neither(dockerfile) -> None:
+    steps = [f"{name} {arguments}" for name, arguments in dockerfile]
+    install = next(i for i, step in enumerate(steps) if step.startswith("RUN") and "install.sh" in step)
+    # UV_FIND_LINKS (the CPU variant's torch wheel) is declared, unset by default, before the install.
+    assert steps.index("ARG UV_FIND_LINKS") < install
+    # Each step that reaches an index (uv from PyPI, Python, the requirements) mounts the
+    # optional CA secret; no CA is baked in.
+    for step in (steps[2], next(step for step in steps if "uv venv" in step), steps[install]):
+        assert step.startswith("RUN --mount=type=secret,id=hostca,required=false ")
+        assert "export SSL_CERT_FILE=/run/secrets/hostca" in step
+    assert not any("CERT" in arguments for name, arguments in dockerfile if name in ("ENV", "ARG"))
 
 
 @pytest.mark.slow
