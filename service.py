@@ -24,9 +24,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from genserve.auth import BearerAuth, KeyRing
-from genserve.dispatch import RETRY_AFTER_S, dispatch
+from genserve.dispatch import RETRY_AFTER_S, Admission, dispatch
 from genserve.generation import VideoJob, generate_images, generate_videos
-from genserve.http import BodyLimit, JSONDocument, ValidateJSONBody, error_response, media_response
+from genserve.http import (
+    BodyLimit,
+    CatchErrors,
+    JSONDocument,
+    ValidateForm,
+    ValidateJSONBody,
+    error_response,
+    media_response,
+)
 from genserve.jobs import fail_orphaned_jobs
 from genserve.media import IMAGE_FORMATS, VIDEO_FORMATS, encode_image, encode_video
 from genserve.openai_api import openai_app
@@ -69,10 +77,7 @@ VideoFile = Annotated[Path, ContentType("video/*")]
 
 @bentoml.service(
     resources=settings.generator_resources(settings.image_gpus),
-    traffic={
-        "timeout": settings.request_timeout_s + TIMEOUT_GRACE_S,
-        "max_concurrency": settings.image_max_queue,
-    },
+    traffic={"timeout": settings.request_timeout_s + TIMEOUT_GRACE_S},  # queue bound: in GenServe
 )
 class ImageGenerator:
     """Text to image with the image preset's pipeline."""
@@ -97,10 +102,7 @@ class ImageGenerator:
 
 @bentoml.service(
     resources=settings.generator_resources(settings.video_gpus),
-    traffic={
-        "timeout": settings.request_timeout_s + TIMEOUT_GRACE_S,
-        "max_concurrency": settings.video_max_queue,
-    },
+    traffic={"timeout": settings.request_timeout_s + TIMEOUT_GRACE_S},
 )
 class VideoGenerator:
     """Image to video with the video preset's pipeline."""
@@ -138,6 +140,8 @@ class GenServe:
 
     images = bentoml.depends(ImageGenerator)
     videos = bentoml.depends(VideoGenerator)
+    image_queue = Admission(settings.image_max_queue)
+    video_queue = Admission(settings.video_max_queue)
 
     @bentoml.on_startup
     async def recover_jobs(self) -> None:
@@ -169,7 +173,8 @@ class GenServe:
         return await self._video(still.body, request.video_request(), wait_if_busy=True)
 
     async def _image(self, request: ImageRequest, client: Request | None = None, **options: Any) -> Response:
-        outcome = await dispatch(self.images, request, settings.request_timeout_s, client, **options)
+        timeout = settings.request_timeout_s
+        outcome = await dispatch(self.images, self.image_queue, request, timeout, client, **options)
         if outcome.error is not None:
             return failure(outcome)
         fmt = request.output_format
@@ -180,7 +185,8 @@ class GenServe:
         self, image: bytes, request: VideoRequest, client: Request | None = None, **options: Any
     ) -> Response:
         job = VideoJob(image=image, request=request)
-        outcome = await dispatch(self.videos, job, settings.request_timeout_s, client, **options)
+        timeout = settings.request_timeout_s
+        outcome = await dispatch(self.videos, self.video_queue, job, timeout, client, **options)
         if outcome.error is not None:
             return failure(outcome)
         fmt = request.output_format
@@ -200,12 +206,16 @@ def answer(ctx: bentoml.Context, response: Response) -> Response:
     return response
 
 
-# Outermost first: refuse without a key, then refuse oversized bodies, then serve/validate.
+# Outermost first: turn a middleware's own failure into a logged 500 (BentoML's timeout would
+# otherwise hold the request), refuse without a key, refuse oversized or malformed bodies,
+# then serve /models and validate job submissions.
+GenServe.add_asgi_middleware(CatchErrors)
 GenServe.add_asgi_middleware(
     BearerAuth,
     keys=KeyRing(settings.api_keys, settings.api_keys_file),
     protect_metrics=settings.protect_metrics,
 )
 GenServe.add_asgi_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+GenServe.add_asgi_middleware(ValidateForm, file_fields={"/img2vid": frozenset({"image"})})
 GenServe.add_asgi_middleware(JSONDocument, path="/models", document=MODELS_INFO)
 GenServe.add_asgi_middleware(ValidateJSONBody, path="/txt2vid/submit", model=TextToVideo)

@@ -25,16 +25,46 @@ RETRY_AFTER_S = 5
 DISCONNECT_POLL_S = 0.5
 
 
+class Admission:
+    """The bounded queue of one generator, counted here, on the caller's side.
+
+    A full queue must be refused at once, before any work is sent. BentoML's own limit on the
+    generator (`max_concurrency`) answers 429 without reading the request, which breaks the
+    caller's connection mid-send: the caller cannot tell "busy" from "crashed", and requests
+    that did get through run for nobody. Counting here avoids both. With several entry
+    replicas, a generator holds up to replicas x limit.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+
+    def try_enter(self, count: int) -> bool:
+        if self.in_flight + count > self.limit:
+            return False
+        self.in_flight += count
+        return True
+
+    def leave(self, count: int) -> None:
+        self.in_flight -= count
+
+
 async def dispatch(
-    generator: Any, item: Any, timeout_s: float, request: Request | None = None, wait_if_busy: bool = False
+    generator: Any,
+    admission: Admission,
+    item: Any,
+    timeout_s: float,
+    request: Request | None = None,
+    wait_if_busy: bool = False,
 ) -> Outcome:
     """Run one item through `generator`; see `dispatch_all`."""
-    [outcome] = await dispatch_all(generator, [item], timeout_s, request, wait_if_busy)
+    [outcome] = await dispatch_all(generator, admission, [item], timeout_s, request, wait_if_busy)
     return outcome
 
 
 async def dispatch_all(
     generator: Any,
+    admission: Admission,
     items: list[Any],
     timeout_s: float,
     request: Request | None = None,
@@ -42,19 +72,21 @@ async def dispatch_all(
 ) -> list[Outcome]:
     """Run `items` through `generator` (a `bentoml.depends` handle) as one call; their outcomes.
 
-    Items sent together join the adaptive batch together. `request`: the client's HTTP request,
-    watched for a disconnect. `wait_if_busy`: when the generator's queue is full, wait and retry
-    until the deadline instead of answering 429 (for background jobs, which a client has
-    already been promised).
+    Items sent together join the adaptive batch together. `admission`: the generator's queue
+    bound; when it is full the answer is 429 at once, or, with `wait_if_busy` (background jobs,
+    which a client has already been promised), a wait for room until the deadline.
+    `request`: the client's HTTP request, watched for a disconnect.
     """
     deadline = time.time() + timeout_s
-    queued = [Queued(item=item, deadline=deadline) for item in items]
-    while True:
-        outcomes = await _call_once(generator, queued, request)
-        busy = any(outcome.status == 429 for outcome in outcomes)
-        if not (busy and wait_if_busy and time.time() + RETRY_AFTER_S < deadline):
-            return outcomes
+    while not admission.try_enter(len(items)):
+        if not (wait_if_busy and time.time() + RETRY_AFTER_S < deadline):
+            return [Outcome(status=429, error="the generators are busy; retry later")] * len(items)
         await asyncio.sleep(RETRY_AFTER_S)
+    try:
+        queued = [Queued(item=item, deadline=deadline) for item in items]
+        return await _call_once(generator, queued, request)
+    finally:
+        admission.leave(len(items))
 
 
 async def _call_once(generator: Any, queued: list[Queued], request: Request | None) -> list[Outcome]:
@@ -81,6 +113,7 @@ async def _call_once(generator: Any, queued: list[Queued], request: Request | No
         return everyone(Outcome(status=500, error="generation failed; see the server log"))
     except Exception as error:  # the generator process died or its connection broke
         logger.error("generator unreachable: %r", error)
+        await _cancel(generator, [q.request_id for q in queued])  # in case the request got through
         stopped = "the generator stopped while working on this request; retry later"
         return everyone(Outcome(status=503, error=stopped))
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+logger = logging.getLogger(__name__)
 SEED_HEADER = "X-Seed"
 
 
@@ -88,20 +94,29 @@ class ValidateJSONBody:
             await JSONResponse(body_error, status_code=400)(scope, receive, send)
             return
 
-        replayed = False
+        await self.app(scope, replaying(body, receive), send)
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, replay, send)
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands the app `body` (already read) first, then the real channel."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
 
 
 class BodyLimit:
-    """ASGI middleware answering 413 to a body over `max_bytes`, declared or streamed, before it is stored."""
+    """ASGI middleware answering 413 to a body over `max_bytes`, declared or streamed, before it is stored.
+
+    A streamed body (no Content-Length) is read here first: BentoML answers 500 to any error
+    raised while it reads a body, so the limit cannot be enforced from inside its reads.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -113,31 +128,95 @@ class BodyLimit:
             return
         too_large = error_response(413, f"request body is larger than {self.max_bytes} bytes")
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await too_large(scope, receive, send)
+        if declared is not None and declared.isdigit():  # the server reads no more than declared
+            if int(declared) > self.max_bytes:
+                await too_large(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
-        received = 0
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await too_large(scope, receive, send)
+                return
+            if not message.get("more_body"):
+                break
+        await self.app(scope, replaying(b"".join(chunks), receive), send)
+
+
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+class ValidateForm:
+    """ASGI middleware checking the shape of a form body before BentoML parses it.
+
+    BentoML answers 500 to a malformed multipart body, to a non-UTF-8 file part in a form field,
+    and to a file field sent as text (which it takes for a URL to download). So here: the form
+    must parse, `file_fields` must be files and every other field must be text.
+    """
+
+    def __init__(self, app: ASGIApp, file_fields: dict[str, frozenset[str]]) -> None:
+        self.app = app
+        self.file_fields = file_fields  # path -> its file fields
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        content_type = dict(scope.get("headers", [])).get(b"content-type", b"").decode("latin-1")
+        if scope["type"] != "http" or scope["method"] != "POST" or not content_type.startswith(FORM_TYPES):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        body = await request.body()
+        problem = await self._problem(Request(scope, replaying(body, receive)), scope["path"])
+        if problem is not None:
+            await problem(scope, receive, send)
+            return
+        await self.app(scope, replaying(body, receive), send)
+
+    async def _problem(self, request: Request, path: str) -> Response | None:
+        files = self.file_fields.get(path, frozenset())
+        try:
+            form = await request.form()
+        except (MultiPartException, HTTPException) as error:
+            return error_response(400, f"invalid form body: {getattr(error, 'detail', None) or error}")
+        try:
+            for name, value in form.multi_items():
+                is_file = isinstance(value, UploadFile)
+                if name in files and not is_file:
+                    return error_response(400, f"{name} must be a file upload", name)
+                if name not in files and is_file:
+                    return error_response(400, f"{name} must be a form field, not a file", name)
+        finally:
+            await form.close()
+        return None
+
+
+class CatchErrors:
+    """ASGI middleware: an exception raised before a response started becomes a logged JSON 500.
+
+    genserve's middlewares run inside BentoML's timeout middleware, which would otherwise hold
+    such a request until the request timeout, with nothing logged.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
-        async def track_send(message: Message) -> None:
+        async def tracking_send(message: Message) -> None:
             nonlocal started
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise BodyTooLarge
-            return message
-
         try:
-            await self.app(scope, limited_receive, track_send)
-        except BodyTooLarge:
-            if not started:
-                await too_large(scope, receive, send)
-
-
-class BodyTooLarge(Exception):
-    """Raised inside the app when a streamed body passes the limit."""
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            logger.exception("request to %s failed", scope.get("path"))
+            if scope["type"] != "http" or started:
+                raise
+            await error_response(500, "internal error; see the server log")(scope, receive, send)

@@ -108,8 +108,9 @@ def parse_size(size: str | None) -> dict[str, int] | None:
 
 async def generate(requests: list[ImageRequest], client: Request) -> list[Outcome]:
     """The n requests as one call to the image generator: they join its batching queue together."""
-    images = bentoml.get_current_service().images
-    return await dispatch_all(images, requests, settings.request_timeout_s, client)
+    service = bentoml.get_current_service()
+    timeout = settings.request_timeout_s
+    return await dispatch_all(service.images, service.image_queue, requests, timeout, client)
 
 
 def generation_error(status: int) -> JSONResponse:

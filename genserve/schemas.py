@@ -30,10 +30,12 @@ def _seed_or_random(value: Any) -> Any:
     return random_seed() if value is None else value
 
 
+# Published as "an integer in range, or null" (OpenAPI cannot say "omitted picks one"); after
+# validation it is always an int: a missing or null seed becomes a random one.
 Seed = Annotated[
-    int,
+    Annotated[int, Field(ge=0, le=MAX_SEED)] | None,
     BeforeValidator(_seed_or_random),
-    Field(ge=0, le=MAX_SEED, description="Random seed; omitted or null picks one, reported back"),
+    Field(description="Random seed; omitted or null picks one, reported back"),
 ]
 Prompt = Annotated[
     str,
