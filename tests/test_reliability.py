@@ -11,26 +11,47 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from conftest import descendants, running_server
 
+from genserve.media import encode_image
+
 pytestmark = pytest.mark.slow
 
-# A request that keeps the tiny image generator busy for several seconds on 2 CPU cores.
+# The tiny preset's largest, longest image: about 4 s on 2 idle cores. SLOW_BATCH of them at once
+# (one batch) keep the image generator busy for well over the 5 s timeout used below.
 SLOW_IMAGE = {"prompt": "a slow cat", "width": 256, "height": 256, "num_inference_steps": 50, "seed": 1}
+SLOW_BATCH = 4
 QUICK_IMAGE = {"prompt": "a quick cat", "seed": 2}
+# The tiny preset's longest video (seconds even on idle cores: more than the 1 s timeout used
+# below) and its shortest (a fraction of a second).
+SLOW_VIDEO = {"num_frames": "16", "num_inference_steps": "25", "seed": "1"}
+QUICK_VIDEO = {"num_frames": "2", "num_inference_steps": "1", "seed": "2"}
+STILL = {"image": ("still.png", encode_image(np.full((64, 64, 3), 128, np.uint8), "png"), "image/png")}
+
+
+def post_video(url: str, fields: dict, **kwargs) -> httpx.Response:
+    return httpx.post(f"{url}/img2vid", files=STILL, data=fields, **{"timeout": 120, **kwargs})
+
+
+def metric(url: str, name: str, kind: str) -> float:
+    """One of genserve's counters, for a kind of work, from /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    match = re.search(rf'^{name}{{kind="{kind}"}} (\S+)$', text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
 
 
 def generated(url: str, kind: str = "image") -> float:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    match = re.search(rf'^genserve_generated_total{{kind="{kind}"}} (\S+)$', text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
+    return metric(url, "genserve_generated_total", kind)
 
 
-def started_batches(url: str, kind: str = "image") -> float:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    match = re.search(rf'^genserve_queue_wait_seconds_count{{kind="{kind}"}} (\S+)$', text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
+def started_requests(url: str, kind: str = "image") -> float:
+    return metric(url, "genserve_queue_wait_seconds_count", kind)
+
+
+def finished_batches(url: str, kind: str) -> float:
+    return metric(url, "genserve_generation_seconds_count", kind)
 
 
 def wait_until(condition, timeout: float, what: str) -> None:
@@ -62,7 +83,7 @@ def is_ready(url: str) -> bool:
 def post_in_background(url: str, path: str, results: list, **kwargs) -> threading.Thread:
     def run() -> None:
         try:
-            results.append(httpx.post(f"{url}{path}", timeout=120, **kwargs))
+            results.append(httpx.post(f"{url}{path}", **{"timeout": 120, **kwargs}))
         except httpx.HTTPError as error:
             results.append(error)
 
@@ -71,9 +92,26 @@ def post_in_background(url: str, path: str, results: list, **kwargs) -> threadin
     return thread
 
 
+def slow_batch_in_background(url: str, **kwargs) -> tuple[list[threading.Thread], list]:
+    """SLOW_BATCH slow images requested at once (distinct seeds); the threads and their results."""
+    results: list = []
+    threads = [
+        post_in_background(url, "/txt2img", results, json={**SLOW_IMAGE, "seed": seed}, **kwargs)
+        for seed in range(SLOW_BATCH)
+    ]
+    return threads, results
+
+
+def join(threads: list[threading.Thread], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    assert not any(thread.is_alive() for thread in threads), "a request hung"
+
+
 @pytest.fixture(scope="module")
 def short_timeout(tiny_models, tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("timeout"), GENSERVE_REQUEST_TIMEOUT_S="5") as (url, _):
+    with running_server(tmp_path_factory.mktemp("timeout"), GENSERVE_REQUEST_TIMEOUT_S="1") as (url, _):
         yield url
 
 
@@ -86,40 +124,38 @@ def fresh(tiny_models, tmp_path):
 
 def test_timed_out_request_is_504_and_its_work_stops(short_timeout) -> None:
     url = short_timeout
-    before = generated(url)
+    before, batches = generated(url, "video"), finished_batches(url, "video")
     started = time.monotonic()
-    response = httpx.post(f"{url}/txt2img", json=SLOW_IMAGE, timeout=120)
+    response = post_video(url, SLOW_VIDEO)
     assert response.status_code == 504
     assert "timed out" in response.json()["error"]
     assert time.monotonic() - started < 15  # answered at its deadline, not when the work would end
-    assert httpx.post(f"{url}/txt2img", json=QUICK_IMAGE, timeout=60).status_code == 200
-    assert generated(url) - before == 1  # only the quick one: the slow one was abandoned mid-way
+    wait_until(lambda: finished_batches(url, "video") > batches, 60, "the generator to end the batch")
+    assert generated(url, "video") == before  # it ended without a video: abandoned, not finished
 
 
 def test_departed_client_cancels_its_work_and_others_are_served(fresh) -> None:
     url, _ = fresh
-    before = generated(url)
-    batches = started_batches(url)
+    before = generated(url, "video")
+    batches = started_requests(url, "video")
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{url}/txt2img", json=SLOW_IMAGE, timeout=httpx.Timeout(60, read=2))
-    assert started_batches(url) > batches  # the slow request did start before its client left
-    assert httpx.post(f"{url}/txt2img", json=QUICK_IMAGE, timeout=60).status_code == 200
-    assert generated(url) - before == 1  # the departed client's image was never finished
+        post_video(url, SLOW_VIDEO, timeout=httpx.Timeout(60, read=1))
+    assert started_requests(url, "video") > batches  # the slow video did start before its client left
+    assert post_video(url, QUICK_VIDEO).status_code == 200
+    assert generated(url, "video") - before == 1  # the departed client's video was never finished
 
 
 def test_killed_generator_fails_its_requests_then_recovers(fresh) -> None:
     url, arbiter = fresh
-    batches = started_batches(url)
-    results: list = []
-    thread = post_in_background(url, "/txt2img", results, json=SLOW_IMAGE)
-    wait_until(lambda: started_batches(url) > batches, 30, "the slow batch to start")
+    batches = started_requests(url)
+    threads, results = slow_batch_in_background(url)
+    wait_until(lambda: started_requests(url) > batches, 30, "the slow batch to start")
     os.kill(worker_pid(arbiter.pid, "ImageGenerator"), signal.SIGKILL)
-    thread.join(timeout=60)
-    assert not thread.is_alive(), "the request hung after its worker was killed"
-    [response] = results
-    assert response.status_code == 503
-    assert "stopped" in response.json()["error"]
-    assert response.headers["retry-after"]
+    join(threads, timeout=60)
+    # The requests in the killed batch fail at once; any not yet sent are served by the new worker.
+    failed = [r for r in results if r.status_code == 503]
+    assert failed and all(r.status_code in (200, 503) for r in results)
+    assert all("stopped" in r.json()["error"] and r.headers["retry-after"] for r in failed)
     wait_until(lambda: is_ready(url), 180, "/readyz to recover")
     assert httpx.post(f"{url}/txt2img", json=QUICK_IMAGE, timeout=60).status_code == 200
 
@@ -127,9 +163,9 @@ def test_killed_generator_fails_its_requests_then_recovers(fresh) -> None:
 def test_job_whose_worker_died_is_reported_failed_with_a_reason(fresh) -> None:
     url, arbiter = fresh
     job = {"prompt": "a long video", "num_frames": 16, "num_inference_steps": 25, "seed": 3}
-    batches = started_batches(url, "video")
+    batches = started_requests(url, "video")
     task_id = httpx.post(f"{url}/txt2vid/submit", json=job, timeout=30).json()["task_id"]
-    wait_until(lambda: started_batches(url, "video") > batches, 60, "the video stage to start")
+    wait_until(lambda: started_requests(url, "video") > batches, 60, "the video stage to start")
     os.kill(worker_pid(arbiter.pid, "VideoGenerator"), signal.SIGKILL)
 
     def status() -> str:
@@ -144,9 +180,9 @@ def test_job_whose_worker_died_is_reported_failed_with_a_reason(fresh) -> None:
 def test_job_of_a_killed_entry_worker_is_reported_failed(fresh) -> None:
     url, arbiter = fresh
     job = {"prompt": "a long video", "num_frames": 16, "num_inference_steps": 25, "seed": 5}
-    batches = started_batches(url, "video")
+    batches = started_requests(url, "video")
     task_id = httpx.post(f"{url}/txt2vid/submit", json=job, timeout=30).json()["task_id"]
-    wait_until(lambda: started_batches(url, "video") > batches, 60, "the video stage to start")
+    wait_until(lambda: started_requests(url, "video") > batches, 60, "the video stage to start")
     os.kill(worker_pid(arbiter.pid, "GenServe"), signal.SIGKILL)
     wait_until(lambda: is_ready(url), 180, "the entry service to come back")
     assert httpx.get(f"{url}/txt2vid/status", params={"task_id": task_id}).json()["status"] == "failed"
@@ -157,11 +193,10 @@ def test_job_of_a_killed_entry_worker_is_reported_failed(fresh) -> None:
 
 def test_sigterm_drains_in_flight_requests(tiny_models, tmp_path) -> None:
     with running_server(tmp_path) as (url, arbiter):
-        batches = started_batches(url)
+        batches = started_requests(url)
         results: list = []
-        work = {**SLOW_IMAGE, "num_inference_steps": 20}
-        thread = post_in_background(url, "/txt2img", results, json=work)
-        wait_until(lambda: started_batches(url) > batches, 30, "the request to start")
+        thread = post_in_background(url, "/txt2img", results, json=SLOW_IMAGE)
+        wait_until(lambda: started_requests(url) > batches, 30, "the request to start")
         arbiter.send_signal(signal.SIGTERM)
         thread.join(timeout=90)
         [response] = results
