@@ -1,0 +1,105 @@
+"""The pipeline's own limits, with no serving: what genserve's served numbers are divided by.
+
+`InProcess` times generation calls in this process. `python -m bench.inprocess` is the bare
+process of the cold-start and memory comparisons: it imports genserve, loads both pipelines
+(what the service's /readyz waits for), says so on stdout, runs one full batch of the workload
+(what the image generator's peak memory includes) and prints its peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from bench.servers import ROOT, peak_rss
+from bench.workload import Workload
+
+
+class InProcess:
+    """The image pipeline of the tiny preset, loaded here, generating the workload's requests.
+
+    Generation runs in one worker thread, as in the image generator (BentoML calls a sync API in
+    a worker thread): torch's OpenMP threads wait differently for a team that is not the main
+    thread's, which changed timings several-fold on a busy machine.
+    """
+
+    def __init__(self, workload: Workload) -> None:
+        from genserve.loading import load_image_pipeline
+        from genserve.schemas import image_request_model
+        from genserve.settings import Settings
+
+        settings = Settings.from_env()
+        self.preset = settings.image_preset
+        self.pipe = load_image_pipeline(settings)
+        self.request_model = image_request_model(self.preset)
+        self.workload = workload
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+
+    def images(self, indices: range) -> list[np.ndarray]:
+        """Requests `indices` of the workload, generated as one batch, as genserve's generator does."""
+        from genserve.generation import generate_images
+
+        requests = [self.request_model(**self.workload.body(i)) for i in indices]
+        return self._thread.submit(generate_images, self.pipe, self.preset, requests).result()
+
+    def generate(self, indices: range) -> float:
+        """Seconds for one pipeline call generating requests `indices`."""
+        started = time.perf_counter()
+        self.images(indices)
+        return time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class BareLoad:
+    load_s: float  # process start to both pipelines loaded
+    peak_rss: int  # bytes, after one full batch
+
+
+def measure_bare_load(workload: Workload, batch: int) -> BareLoad:
+    """Run the bare process and time it from its start to its 'loaded' line."""
+    command = [sys.executable, "-m", "bench.inprocess", "--batch", str(batch)]
+    command += ["--size", str(workload.width), str(workload.height), "--steps", str(workload.steps)]
+    started = time.perf_counter()
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True) as process:
+        assert process.stdout is not None
+        loaded = process.stdout.readline()
+        load_s = time.perf_counter() - started
+        report = process.stdout.readline()
+    if process.returncode != 0 or loaded.strip() != "loaded":
+        raise RuntimeError(f"the bare load process failed with {process.returncode}")
+    return BareLoad(load_s=load_s, peak_rss=json.loads(report)["peak_rss"])
+
+
+def _bare(workload: Workload, batch: int) -> None:
+    import os
+
+    from genserve.loading import load_video_pipeline
+    from genserve.settings import Settings
+
+    images = InProcess(workload)
+    load_video_pipeline(Settings.from_env())
+    print("loaded", flush=True)
+    images.generate(range(batch))
+    print(json.dumps({"peak_rss": peak_rss(os.getpid())}), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", type=int, nargs=2, required=True, metavar=("WIDTH", "HEIGHT"))
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--batch", type=int, required=True)
+    args = parser.parse_args()
+    _bare(Workload(args.size[0], args.size[1], args.steps), args.batch)
+
+
+if __name__ == "__main__":
+    main()
