@@ -25,7 +25,6 @@ from starlette.responses import Response
 
 from genserve.auth import BearerAuth, KeyRing
 from genserve.dispatch import RETRY_AFTER_S, Admission, dispatch
-from genserve.generation import VideoJob, generate_images, generate_videos
 from genserve.http import (
     BodyLimit,
     CatchErrors,
@@ -41,6 +40,7 @@ from genserve.openai_api import openai_app
 from genserve.presets import MAX_BODY_BYTES
 from genserve.schemas import (
     ImageRequest,
+    VideoJob,
     VideoRequest,
     image_request_model,
     text_to_video_request_model,
@@ -91,6 +91,8 @@ class ImageGenerator:
 
     @bentoml.api(**settings.batching(settings.image_max_batch_size, settings.image_max_latency_ms))
     def generate(self, batch: list[Queued[ImageRequest]]) -> list[Outcome]:
+        from genserve.generation import generate_images  # torch: in the generator processes only
+
         pipe, preset = self.pipe.get(), settings.image_preset
         return run_batch("image", batch, partial(generate_images, pipe, preset), self.cancelled)
 
@@ -116,6 +118,8 @@ class VideoGenerator:
 
     @bentoml.api(**settings.batching(settings.video_max_batch_size, settings.video_max_latency_ms))
     def generate(self, batch: list[Queued[VideoJob]]) -> list[Outcome]:
+        from genserve.generation import generate_videos
+
         pipe, preset = self.pipe.get(), settings.video_preset
         return run_batch("video", batch, partial(generate_videos, pipe, preset), self.cancelled)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import Any
 
@@ -93,6 +94,7 @@ async def _call_once(generator: Any, queued: list[Queued], request: Request | No
     def everyone(outcome: Outcome) -> list[Outcome]:
         return [outcome] * len(queued)
 
+    _keep_connection_pool(generator)
     work = asyncio.ensure_future(generator.to_async.generate(queued))
     try:
         if request is not None:
@@ -116,6 +118,19 @@ async def _call_once(generator: Any, queued: list[Queued], request: Request | No
         await _cancel(generator, [q.request_id for q in queued])  # in case the request got through
         stopped = "the generator stopped while working on this request; retry later"
         return everyone(Outcome(status=503, error=stopped))
+
+
+def _keep_connection_pool(generator: Any) -> None:
+    """Stop BentoML renewing the client's connection pool under running calls.
+
+    BentoML 1.4's client renews its aiohttp session every 100 calls and every 5 minutes and
+    closes the old one while calls still use it (`_bentoml_impl/client/proxy2.py`,
+    `SessionManager.get_session`): under concurrent load those calls fail (503 here, 6-23 of 216
+    requests in bench runs). The generators are local processes: one pool for good is right.
+    """
+    manager = getattr(generator.to_async, "_session_manager", None)  # private: BentoML is pinned
+    if manager is not None:
+        manager.max_requests = manager.max_age = math.inf
 
 
 async def _until_done_or_disconnected(work: asyncio.Future, request: Request) -> None:

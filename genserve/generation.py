@@ -18,25 +18,12 @@ import numpy as np
 import torch
 from diffusers import StableDiffusion3Pipeline, StableVideoDiffusionPipeline
 from PIL import Image, ImageOps
-from pydantic import BaseModel, ConfigDict
 
 from genserve.media import decode_image
 from genserve.presets import ImagePreset, VideoPreset
-from genserve.schemas import ImageRequest, VideoRequest
+from genserve.schemas import ImageRequest, VideoJob
 
 T = TypeVar("T")
-
-
-class VideoJob(BaseModel):
-    """One image-to-video request: the conditioning image (encoded, as uploaded) and its parameters.
-
-    The image travels encoded because jobs cross process boundaries between services.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    image: bytes
-    request: VideoRequest
 
 
 #: Asked between denoising steps with a request's index: is its result still wanted?

@@ -159,3 +159,15 @@ def text_to_video_request_model(image: ImagePreset, video: VideoPreset) -> type[
         guidance_scale=image_fields["guidance_scale"],
         **_video_fields(video),
     )
+
+
+class VideoJob(BaseModel):
+    """One image-to-video request: the conditioning image (encoded, as uploaded) and its parameters.
+
+    The image travels encoded because jobs cross process boundaries between services.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    image: bytes
+    request: VideoRequest

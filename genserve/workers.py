@@ -13,20 +13,20 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 from bentoml.exceptions import ServiceUnavailable
-from diffusers import StableDiffusion3Pipeline, StableVideoDiffusionPipeline
 from pydantic import BaseModel, ConfigDict, Field
 
-from genserve.generation import VideoJob, generate_images, generate_videos
-from genserve.loading import load_image_pipeline, load_video_pipeline
 from genserve.media import encode_image
 from genserve.metrics import generated_total, generation_seconds, queue_wait_seconds
 from genserve.presets import MIN_FRAMES
-from genserve.schemas import image_request_model, video_request_model
+from genserve.schemas import VideoJob, image_request_model, video_request_model
 from genserve.settings import Settings
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusion3Pipeline, StableVideoDiffusionPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +183,9 @@ def _free_accelerator_memory() -> None:
 
 def warmed_image_pipeline(settings: Settings) -> StableDiffusion3Pipeline:
     """Load the image pipeline and run it once, so the first real request pays no first-call costs."""
+    from genserve.generation import generate_images
+    from genserve.loading import load_image_pipeline
+
     pipe = load_image_pipeline(settings)
     warmup = image_request_model(settings.image_preset)(prompt="warm-up", num_inference_steps=1, seed=0)
     generate_images(pipe, settings.image_preset, [warmup])
@@ -191,6 +194,9 @@ def warmed_image_pipeline(settings: Settings) -> StableDiffusion3Pipeline:
 
 def warmed_video_pipeline(settings: Settings) -> StableVideoDiffusionPipeline:
     """Load the video pipeline and run it once (shortest video, one step)."""
+    from genserve.generation import generate_videos
+    from genserve.loading import load_video_pipeline
+
     pipe = load_video_pipeline(settings)
     preset = settings.video_preset
     blank = encode_image(np.zeros((preset.height, preset.width, 3), np.uint8), "png")
