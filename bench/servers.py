@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import psutil
+
+from genserve.processes import (
+    free_port,
+    private_bentoml_home,
+    process_tree,
+    start_process,
+    stop_process_tree,
+    wait_until_ready,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 300
 POLL_S = 0.05  # fine enough to time a cold start of seconds
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def peak_rss(pid: int) -> int:
@@ -55,14 +55,10 @@ class Server:
     cold_start_s: float
     log: Path
 
-    def _tree(self) -> list[psutil.Process]:
-        root = psutil.Process(self.process.pid)
-        return [root, *root.children(recursive=True)]
-
     def peak_rss(self) -> dict[str, int]:
         """Peak RSS of each process of the tree, by role."""
         sizes: dict[str, int] = {}
-        for process in self._tree():
+        for process in process_tree(self.process.pid):
             try:
                 role = _role(process, self.process.pid)
             except psutil.Error:
@@ -73,7 +69,7 @@ class Server:
     def cpu_seconds(self) -> float:
         """CPU time (user + system) the tree has used so far: steadier than wall time on a busy machine."""
         total = 0.0
-        for process in self._tree():
+        for process in process_tree(self.process.pid):
             try:
                 times = process.cpu_times()
             except psutil.Error:
@@ -83,42 +79,7 @@ class Server:
 
     def stop(self) -> None:
         """SIGTERM the arbiter (it stops its workers); SIGKILL whatever of the tree is left after 30 s."""
-        try:
-            tree = self._tree()
-        except psutil.NoSuchProcess:
-            return
-        self.process.terminate()
-        _, alive = psutil.wait_procs(tree, timeout=30)
-        for process in alive:  # BentoML workers run in process groups of their own
-            process.kill()
-        self.process.wait()
-
-
-def _wait_ready(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    with httpx.Client(timeout=5) as client:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"{url} exited with {process.returncode}; log:\n{log.read_text()[-3000:]}")
-            try:
-                if client.get(f"{url}/readyz").status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(POLL_S)
-    raise TimeoutError(f"{url} was not ready within {READY_TIMEOUT_S} s; log: {log}")
-
-
-def private_bentoml_home(directory: Path) -> Path:
-    """A BENTOML_HOME of a server's own, sharing the model store: servers running at once must not
-    share one (each clears the metrics directory there when it starts)."""
-    home = directory / "bentoml-home"
-    home.mkdir(parents=True, exist_ok=True)
-    models = home / "models"
-    if not models.exists():
-        shared = Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
-        models.symlink_to(shared / "models")
-    return home
+        stop_process_tree(self.process, grace_s=30)
 
 
 def start(name: str, command: list[str], env: dict[str, str], log_dir: Path) -> Server:
@@ -128,19 +89,11 @@ def start(name: str, command: list[str], env: dict[str, str], log_dir: Path) -> 
     env = {"BENTOML_HOME": str(private_bentoml_home(log_dir / name)), **env}
     argv = [part.format(port=port) for part in command]
     started = time.perf_counter()
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_process(argv, log, ROOT, env)
     url = f"http://127.0.0.1:{port}"
     server = Server(name=name, url=url, process=process, cold_start_s=0.0, log=log)
     try:
-        _wait_ready(url, process, log)
+        wait_until_ready(url, process.poll, timeout_s=READY_TIMEOUT_S, poll_s=POLL_S, log=log)
     except BaseException:
         server.stop()
         raise

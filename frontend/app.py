@@ -98,13 +98,15 @@ def connect(connection: Connection) -> tuple[GenServe, dict[str, Any]]:
     return st.session_state.api, st.session_state.models
 
 
-def default_index(options: list[str], default: str) -> int:
-    return options.index(default) if default in options else 0
+def format_picker(formats: list[str], request: type[ImageRequest | VideoRequest], key: str) -> str:
+    """The output format, offered as the server lists them, preselected as the API's default."""
+    default = request.model_fields["output_format"].default
+    index = formats.index(default) if default in formats else 0
+    return st.selectbox(LABELS["output_format"], formats, index=index, key=key)
 
 
 def sidebar(api: GenServe, models: dict[str, Any]) -> Parameters:
     image, video = models["image"], models["video"]
-    image_formats, video_formats = models["image_formats"], models["video_formats"]
     with st.sidebar:
         st.header("Image")
         negative = st.text_area(LABELS["negative_prompt"], max_chars=MAX_PROMPT_CHARS, key="negative_prompt")
@@ -130,12 +132,7 @@ def sidebar(api: GenServe, models: dict[str, Any]) -> Parameters:
             step=0.5,
             key="guidance_scale",
         )
-        image_format = st.selectbox(
-            LABELS["output_format"],
-            image_formats,
-            index=default_index(image_formats, ImageRequest.model_fields["output_format"].default),
-            key="image_format",
-        )
+        image_format = format_picker(models["image_formats"], ImageRequest, "image_format")
 
         st.header("Video")
         st.caption(f"Made at {video['width']}×{video['height']}, the video model's own size.")
@@ -165,12 +162,7 @@ def sidebar(api: GenServe, models: dict[str, Any]) -> Parameters:
             help="Noise added to the still: more departs further from it",
             key="noise_aug_strength",
         )
-        video_format = st.selectbox(
-            LABELS["output_format"],
-            video_formats,
-            index=default_index(video_formats, VideoRequest.model_fields["output_format"].default),
-            key="video_format",
-        )
+        video_format = format_picker(models["video_formats"], VideoRequest, "video_format")
 
         st.header("Seed")
         seed = st.number_input(

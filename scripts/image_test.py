@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from decoding import read_image, read_video  # noqa: E402
 
 from genserve.presets import IMAGE_PRESETS, VIDEO_PRESETS  # noqa: E402
+from genserve.processes import wait_until_ready  # noqa: E402
 
 PYTHON = sys.executable
 READY_TIMEOUT_S = 300
@@ -139,18 +140,11 @@ def start(image: str, name: str) -> str:
     return f"http://{podman('port', name, '3000', capture=True)}"
 
 
-def wait_ready(url: str, name: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if podman("inspect", "--format", "{{.State.Running}}", name, capture=True) != "true":
-            raise RuntimeError("the container exited before it was ready")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"{url}/readyz was not 200 within {READY_TIMEOUT_S} s")
+def exit_code(name: str) -> int | None:
+    """None while the container runs (as `Popen.poll`), its exit code once it has stopped."""
+    state = podman("inspect", "--format", "{{.State.Running}} {{.State.ExitCode}}", name, capture=True)
+    running, code = state.split()
+    return None if running == "true" else int(code)
 
 
 def expect(condition: bool, message: str) -> None:
@@ -215,7 +209,7 @@ def main() -> None:
         with steps("start the container"):
             url = start(image, name)
         with steps("wait for /readyz"):
-            wait_ready(url, name)
+            wait_until_ready(url, lambda: exit_code(name), timeout_s=READY_TIMEOUT_S, poll_s=1)
         with steps("generate an image and a video"):
             generate(url)
         with steps("stop with SIGTERM"):

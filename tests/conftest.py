@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
+
+# Tests import free_port, stop, wait_ready and descendants from here.
+from genserve.processes import descendants as descendants
+from genserve.processes import free_port, log_tail, private_bentoml_home, start_process, wait_until_ready
+from genserve.processes import stop_process_tree as stop
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -57,71 +56,9 @@ def video_pipe(settings):
     return load_video_pipeline(settings)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def wait_ready(url: str, process: subprocess.Popen, timeout: float = 180) -> None:
     """Poll /readyz until 200; fail early if the server process died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode} before it was ready")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} was not ready within {timeout} s")
-
-
-def descendants(pid: int) -> list[int]:
-    """All processes below `pid` (BentoML workers run in sessions of their own, out of its group)."""
-    children: dict[int, list[int]] = {}
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            match = re.search(r"^PPid:\s+(\d+)", status.read_text(), re.MULTILINE)
-        except OSError:
-            continue
-        if match:
-            children.setdefault(int(match.group(1)), []).append(int(status.parent.name))
-    found, pending = [], [pid]
-    while pending:
-        for child in children.get(pending.pop(), []):
-            found.append(child)
-            pending.append(child)
-    return found
-
-
-def stop(process: subprocess.Popen, grace_s: float = 30) -> None:
-    """SIGTERM the BentoML arbiter (it stops its workers); SIGKILL whatever is left after the grace."""
-    workers = descendants(process.pid)
-    process.terminate()
-    try:
-        process.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    for pid in workers:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def private_bentoml_home(directory: Path) -> Path:
-    """A BENTOML_HOME of a server's own that shares the session's model store.
-
-    Servers running at once must not share a home: each clears the metrics directory there at
-    start, and their task stores (SQLite) would collide.
-    """
-    home = directory / "bentoml-home"
-    home.mkdir(exist_ok=True)
-    models = home / "models"
-    if not models.exists():
-        models.symlink_to(Path(os.environ["BENTOML_HOME"]) / "models")
-    return home
+    wait_until_ready(url, process.poll, timeout_s=timeout, poll_s=0.5)
 
 
 @contextmanager
@@ -131,23 +68,14 @@ def running_server(log_dir: Path, **env: str) -> Iterator[tuple[str, subprocess.
     port = free_port()
     log = log_dir / f"serve-{port}.log"
     command = [sys.executable, "-m", "bentoml", "serve", "service.py", "--host", "127.0.0.1"]
-    command += ["--port", str(port)]
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_process([*command, "--port", str(port)], log, ROOT, env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process)
         yield url, process
     finally:
         stop(process)
-        print(f"--- the end of {log} ---\n{log.read_text(errors='replace')[-5000:]}")  # shown on failure
+        print(f"--- the end of {log} ---\n{log_tail(log)}")  # shown on failure
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import importlib
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from conftest import ROOT, free_port, stop
+from conftest import ROOT
 from decoding import read_image, read_video
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import FieldDescriptor
@@ -25,6 +24,7 @@ from test_auth import ENV_KEYS, keyed  # noqa: F401  # a fixture: the served API
 
 from genserve.grpc_gateway import DEFAULT_MAX_MESSAGE_MB, MIB, grpc_error, load_contract
 from genserve.media import encode_image
+from genserve.processes import free_port, log_tail, start_process, stop_process_tree
 from genserve.schemas import MAX_SEED
 
 TIMEOUT = 120
@@ -38,25 +38,17 @@ def running_gateway(url: str, log_dir: Path, **env: str) -> Iterator[str]:
     port = free_port()
     log = log_dir / f"gateway-{port}.log"
     env = {"GENSERVE_URL": url, "GENSERVE_GRPC_HOST": "127.0.0.1", "GENSERVE_GRPC_PORT": str(port), **env}
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "genserve.grpc_gateway"],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_process([sys.executable, "-m", "genserve.grpc_gateway"], log, ROOT, env)
     address = f"127.0.0.1:{port}"
     try:
         with grpc.insecure_channel(address) as channel:
             grpc.channel_ready_future(channel).result(timeout=60)
         yield address
     except Exception:
-        print(log.read_text()[-5000:])
+        print(log_tail(log))
         raise
     finally:
-        stop(process)
+        stop_process_tree(process)
 
 
 @pytest.fixture(scope="module")

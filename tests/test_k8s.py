@@ -296,14 +296,20 @@ def test_pods_run_as_non_root_on_a_read_only_root_filesystem(overlay) -> None:
                 assert "emptyDir" in volume or "persistentVolumeClaim" in volume
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_web_ui_is_locked_down_and_reaches_the_gateway_with_a_secret_key(overlay) -> None:
-    ui = objects(overlay, "Deployment")[UI]
-    spec = pod(ui)
+def locked_down_front_end(overlay: str, name: str) -> tuple[dict, dict]:
+    """A front end's pod spec and its one container, checked to run as non-root on a read-only root
+    filesystem, with resource requests and limits."""
+    spec = pod(objects(overlay, "Deployment")[name])
     assert spec["securityContext"]["runAsNonRoot"] is True
     [container] = spec["containers"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["resources"]["requests"] and container["resources"]["limits"]
+    return spec, container
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_web_ui_is_locked_down_and_reaches_the_gateway_with_a_secret_key(overlay) -> None:
+    _, container = locked_down_front_end(overlay, UI)
     assert container["readinessProbe"]["httpGet"]["path"] == "/_stcore/health"
     env = {var["name"]: var for var in container["env"]}
     assert env["GENSERVE_URL"]["value"] == "http://genserve:3000"
@@ -313,13 +319,8 @@ def test_web_ui_is_locked_down_and_reaches_the_gateway_with_a_secret_key(overlay
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_grpc_gateway_is_locked_down_and_forwards_to_the_gateway(overlay) -> None:
-    grpc = objects(overlay, "Deployment")[GRPC]
-    spec = pod(grpc)
-    assert spec["securityContext"]["runAsNonRoot"] is True
-    [container] = spec["containers"]
+    spec, container = locked_down_front_end(overlay, GRPC)
     assert container["command"] == ["python", "-m", "genserve.grpc_gateway"]
-    assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert container["resources"]["requests"] and container["resources"]["limits"]
     assert environment(overlay, container)["GENSERVE_URL"] == "http://genserve:3000"
     assert spec["terminationGracePeriodSeconds"] > int(config(overlay)["GENSERVE_REQUEST_TIMEOUT_S"])
     assert "genserve-grpc" in objects(overlay, "NetworkPolicy")

@@ -13,9 +13,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import descendants, running_server
+from conftest import running_server
 
 from genserve.media import encode_image
+from genserve.processes import descendants
 
 pytestmark = pytest.mark.slow
 
@@ -160,32 +161,35 @@ def test_killed_generator_fails_its_requests_then_recovers(fresh) -> None:
     assert httpx.post(f"{url}/txt2img", json=QUICK_IMAGE, timeout=60).status_code == 200
 
 
-def test_job_whose_worker_died_is_reported_failed_with_a_reason(fresh) -> None:
-    url, arbiter = fresh
-    job = {"prompt": "a long video", "num_frames": 16, "num_inference_steps": 25, "seed": 3}
+def video_job_whose_worker_is_killed(url: str, arbiter: int, service: str, seed: int) -> str:
+    """Submit a long text-to-video job and SIGKILL `service`'s worker once the video stage runs;
+    the job's task id."""
+    job = {"prompt": "a long video", "num_frames": 16, "num_inference_steps": 25, "seed": seed}
     batches = started_requests(url, "video")
     task_id = httpx.post(f"{url}/txt2vid/submit", json=job, timeout=30).json()["task_id"]
     wait_until(lambda: started_requests(url, "video") > batches, 60, "the video stage to start")
-    os.kill(worker_pid(arbiter.pid, "VideoGenerator"), signal.SIGKILL)
+    os.kill(worker_pid(arbiter, service), signal.SIGKILL)
+    return task_id
 
-    def status() -> str:
-        return httpx.get(f"{url}/txt2vid/status", params={"task_id": task_id}).json()["status"]
 
-    wait_until(lambda: status() != "in_progress", 60, "the job to end")
-    assert status() == "failed"
+def job_status(url: str, task_id: str) -> str:
+    return httpx.get(f"{url}/txt2vid/status", params={"task_id": task_id}).json()["status"]
+
+
+def test_job_whose_worker_died_is_reported_failed_with_a_reason(fresh) -> None:
+    url, arbiter = fresh
+    task_id = video_job_whose_worker_is_killed(url, arbiter.pid, "VideoGenerator", seed=3)
+    wait_until(lambda: job_status(url, task_id) != "in_progress", 60, "the job to end")
+    assert job_status(url, task_id) == "failed"
     result = httpx.get(f"{url}/txt2vid/get", params={"task_id": task_id})
     assert "stopped" in result.json()["error"]
 
 
 def test_job_of_a_killed_entry_worker_is_reported_failed(fresh) -> None:
     url, arbiter = fresh
-    job = {"prompt": "a long video", "num_frames": 16, "num_inference_steps": 25, "seed": 5}
-    batches = started_requests(url, "video")
-    task_id = httpx.post(f"{url}/txt2vid/submit", json=job, timeout=30).json()["task_id"]
-    wait_until(lambda: started_requests(url, "video") > batches, 60, "the video stage to start")
-    os.kill(worker_pid(arbiter.pid, "GenServe"), signal.SIGKILL)
+    task_id = video_job_whose_worker_is_killed(url, arbiter.pid, "GenServe", seed=5)
     wait_until(lambda: is_ready(url), 180, "the entry service to come back")
-    assert httpx.get(f"{url}/txt2vid/status", params={"task_id": task_id}).json()["status"] == "failed"
+    assert job_status(url, task_id) == "failed"
     result = httpx.get(f"{url}/txt2vid/get", params={"task_id": task_id})
     assert result.status_code == 503
     assert "restarted" in result.json()["error"]
