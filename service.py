@@ -1,7 +1,8 @@
 """genserve's BentoML services: a table of contents.
 
 - `ImageGenerator` and `VideoGenerator` (GPU): each loads its pipeline once and exposes one
-  batchable method; BentoML's adaptive batching merges concurrent requests into batches.
+  batchable method; BentoML's adaptive batching merges concurrent requests into batches,
+  greedily: a batch starts whenever the generator is free (`genserve/batching.py`).
 - `GenServe` (CPU): the public HTTP API. It validates, calls the generators through
   `bentoml.depends`, and encodes the results.
 
@@ -24,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from genserve.auth import BearerAuth, KeyRing
+from genserve.batching import batch_greedily
 from genserve.dispatch import RETRY_AFTER_S, Admission, dispatch
 from genserve.http import (
     BodyLimit,
@@ -60,6 +62,7 @@ from genserve.workers import (
 
 TIMEOUT_GRACE_S = 30  # BentoML's own timeouts fire after genserve's deadlines, which answer clearly
 settings = Settings.from_env()
+batch_greedily()  # a batch starts whenever a generator is free (genserve/batching.py)
 
 # Request schemas with this deployment's presets' defaults and limits (shown in /docs).
 TextToImage = image_request_model(settings.image_preset)
@@ -76,6 +79,7 @@ VideoFile = Annotated[Path, ContentType("video/*")]
 
 
 @bentoml.service(
+    workers=settings.image_workers,
     resources=settings.generator_resources(settings.image_gpus),
     traffic={"timeout": settings.request_timeout_s + TIMEOUT_GRACE_S},  # queue bound: in GenServe
 )
@@ -84,7 +88,7 @@ class ImageGenerator:
 
     def __init__(self) -> None:
         self.pipe = BackgroundLoad("image pipeline", lambda: warmed_image_pipeline(settings))
-        self.cancelled = Cancellations(keep_s=settings.request_timeout_s)
+        self.cancelled = Cancellations.of_service("ImageGenerator", keep_s=settings.request_timeout_s)
 
     def __is_ready__(self) -> bool:
         return self.pipe.ready
@@ -103,6 +107,7 @@ class ImageGenerator:
 
 
 @bentoml.service(
+    workers=settings.video_workers,
     resources=settings.generator_resources(settings.video_gpus),
     traffic={"timeout": settings.request_timeout_s + TIMEOUT_GRACE_S},
 )
@@ -111,7 +116,7 @@ class VideoGenerator:
 
     def __init__(self) -> None:
         self.pipe = BackgroundLoad("video pipeline", lambda: warmed_video_pipeline(settings))
-        self.cancelled = Cancellations(keep_s=settings.request_timeout_s)
+        self.cancelled = Cancellations.of_service("VideoGenerator", keep_s=settings.request_timeout_s)
 
     def __is_ready__(self) -> bool:
         return self.pipe.ready

@@ -68,15 +68,27 @@ def _place(pipe: DiffusionPipeline, device: torch.device, settings: Settings) ->
     return pipe
 
 
+def use_cpu_threads(threads: int) -> None:
+    """Give torch `threads` threads in this process (0: torch's default) when it runs on the CPU."""
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def load_image_pipeline(settings: Settings) -> StableDiffusion3Pipeline:
-    """Load the text-to-image pipeline of the settings' image preset."""
+    """Load the text-to-image pipeline of the settings' image preset.
+
+    VAE slicing saves GPU memory at large batches; on a CPU memory is not short and decoding a
+    batch at once is ~1.5x faster, so by default it is on for GPUs only.
+    """
     device = pick_device(settings)
+    if device.type == "cpu":
+        use_cpu_threads(settings.image_cpu_threads)
     source = resolve_source(settings.image_source)
     logger.info("loading image pipeline %s from %s on %s", settings.image_preset.name, source, device)
     pipe = StableDiffusion3Pipeline.from_pretrained(
         source, dtype=_dtype(device, settings.image_preset.cuda_dtype)
     )
-    if settings.vae_slicing:
+    if settings.vae_slicing or (settings.vae_slicing is None and device.type == "cuda"):
         pipe.vae.enable_slicing()
     if settings.vae_tiling:
         pipe.vae.enable_tiling()
@@ -90,6 +102,8 @@ def load_video_pipeline(settings: Settings) -> StableVideoDiffusionPipeline:
     memory; slicing and tiling do not apply to it.
     """
     device = pick_device(settings)
+    if device.type == "cpu":
+        use_cpu_threads(settings.video_cpu_threads)
     preset = settings.video_preset
     source = resolve_source(settings.video_source)
     logger.info("loading video pipeline %s from %s on %s", preset.name, source, device)

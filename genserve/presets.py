@@ -58,6 +58,7 @@ class ImagePreset:
     batching: Batching
     max_guidance: float = 20.0
     gated: bool = False
+    cpu_threads: int = 0  # torch threads per generator worker on a CPU; 0: torch's default (all cores)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,13 @@ class VideoPreset:
     min_guidance_scale: float = 1.0  # guidance rises linearly over the frames, min to max
     max_guidance_scale: float = 3.0
     decode_chunk_size: int = 8  # frames the temporal VAE decodes at once: bounds its memory
+    cpu_threads: int = 0  # torch threads per generator worker on a CPU; 0: torch's default (all cores)
 
+
+# The tiny models' operations are too small to split between cores: a second torch thread
+# costs more in synchronisation than it gains (one image: 96 ms on one thread, 115 ms on two,
+# bench/README.md). A core each for more workers (GENSERVE_IMAGE_WORKERS) is what scales.
+TINY_CPU_THREADS = 1
 
 _SD35_LARGE = ImagePreset(
     name="sd35-large",
@@ -134,6 +141,7 @@ IMAGE_PRESETS: dict[str, ImagePreset] = {
             default_guidance=5.0,
             max_sequence_length=64,
             batching=Batching(max_batch_size=8, max_latency_ms=60_000),
+            cpu_threads=TINY_CPU_THREADS,
         ),
         _SD35_LARGE,
         replace(
@@ -173,6 +181,7 @@ VIDEO_PRESETS: dict[str, VideoPreset] = {
             default_steps=4,
             max_steps=25,
             batching=Batching(max_batch_size=4, max_latency_ms=120_000),
+            cpu_threads=TINY_CPU_THREADS,
         ),
         _SVD_XT,
         replace(

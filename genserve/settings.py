@@ -70,7 +70,7 @@ class Settings:
     video_source: str
     device: str  # "auto" picks CUDA when present
     cpu_offload: bool  # diffusers model CPU offload: less GPU memory, slower
-    vae_slicing: bool  # decode a batch one image at a time: less peak memory
+    vae_slicing: bool | None  # decode a batch one image at a time: less peak memory; None: on GPUs
     vae_tiling: bool  # decode large images in tiles: less peak memory
     image_max_batch_size: int
     image_max_latency_ms: int
@@ -78,6 +78,10 @@ class Settings:
     video_max_latency_ms: int
     image_gpus: float  # GPUs per image generator worker; 0.5 lets both generators share one GPU
     video_gpus: float
+    image_workers: int  # processes of the image generator, each with its own pipeline
+    video_workers: int
+    image_cpu_threads: int  # torch threads per image generator worker on a CPU; 0: all cores
+    video_cpu_threads: int
     request_timeout_s: int  # long enough for a queued video job
     image_max_queue: int  # requests a generator holds (running + waiting); beyond: 429 at once
     video_max_queue: int
@@ -113,7 +117,9 @@ class Settings:
             video_source=environ.get("GENSERVE_VIDEO_MODEL") or video.source,
             device=device,
             cpu_offload=_flag(environ, "GENSERVE_CPU_OFFLOAD", False),
-            vae_slicing=_flag(environ, "GENSERVE_VAE_SLICING", True),
+            vae_slicing=_flag(environ, "GENSERVE_VAE_SLICING", False)
+            if environ.get("GENSERVE_VAE_SLICING")
+            else None,
             vae_tiling=_flag(environ, "GENSERVE_VAE_TILING", False),
             image_max_batch_size=_positive_int(
                 environ, "GENSERVE_IMAGE_MAX_BATCH_SIZE", image.batching.max_batch_size
@@ -129,6 +135,10 @@ class Settings:
             ),
             image_gpus=_gpus(environ, "GENSERVE_IMAGE_GPUS"),
             video_gpus=_gpus(environ, "GENSERVE_VIDEO_GPUS"),
+            image_workers=_positive_int(environ, "GENSERVE_IMAGE_WORKERS", 1),
+            video_workers=_positive_int(environ, "GENSERVE_VIDEO_WORKERS", 1),
+            image_cpu_threads=_positive_int(environ, "GENSERVE_CPU_THREADS", image.cpu_threads),
+            video_cpu_threads=_positive_int(environ, "GENSERVE_CPU_THREADS", video.cpu_threads),
             request_timeout_s=_positive_int(environ, "GENSERVE_REQUEST_TIMEOUT_S", DEFAULT_TIMEOUT_S),
             image_max_queue=_positive_int(
                 environ, "GENSERVE_IMAGE_MAX_QUEUE", QUEUE_BATCHES * image.batching.max_batch_size

@@ -7,12 +7,17 @@ in a thread, `/readyz` reports the flag, and a batch that arrives early waits fo
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import re
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
@@ -33,6 +38,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 P = TypeVar("P")
 
+REQUEST_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex
+
 
 class Queued(BaseModel, Generic[T]):
     """A request on its way to a generator: an id to cancel it by, when it was queued, and
@@ -42,7 +49,7 @@ class Queued(BaseModel, Generic[T]):
 
     item: T
     deadline: float  # time.time() seconds
-    request_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    request_id: str = Field(default_factory=lambda: uuid.uuid4().hex, pattern=REQUEST_ID.pattern)
     queued_at: float = Field(default_factory=time.time)
 
 
@@ -62,21 +69,34 @@ class Outcome:
 class Cancellations:
     """Ids of requests nobody waits for any more (the client left or timed out), kept for a while.
 
-    Written from the generator's event loop, read between denoising steps in its worker thread;
-    set operations on str are atomic in CPython, and old ids are dropped so it stays small.
+    A generator with several workers gets each `cancel` call on one of them, not necessarily the
+    one running the request, so the ids are files in a directory all its workers share: one
+    empty file per id, checked between denoising steps (a stat call), dropped after `keep_s`.
     """
 
-    def __init__(self, keep_s: float) -> None:
+    def __init__(self, directory: Path, keep_s: float) -> None:
+        self.directory = directory
         self.keep_s = keep_s
-        self._ids: dict[str, float] = {}
+        directory.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def of_service(cls, service: str, keep_s: float) -> Cancellations:
+        """The directory shared by the workers of `service` under this BentoML server (their
+        parent process): servers running side by side keep apart."""
+        return cls(Path(tempfile.gettempdir()) / f"genserve-{os.getppid()}" / f"cancelled-{service}", keep_s)
 
     def add(self, request_ids: list[str]) -> None:
         now = time.time()
-        self._ids = {i: t for i, t in self._ids.items() if now - t < self.keep_s}
-        self._ids.update((request_id, now) for request_id in request_ids)
+        for path in self.directory.iterdir():
+            with contextlib.suppress(FileNotFoundError):  # another worker may drop it first
+                if now - path.stat().st_mtime > self.keep_s:
+                    path.unlink()
+        for request_id in request_ids:
+            if REQUEST_ID.fullmatch(request_id):  # a file name: nothing else gets through
+                (self.directory / request_id).touch()
 
     def __contains__(self, request_id: str) -> bool:
-        return request_id in self._ids
+        return REQUEST_ID.fullmatch(request_id) is not None and (self.directory / request_id).exists()
 
 
 class BackgroundLoad(Generic[P]):

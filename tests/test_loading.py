@@ -41,3 +41,18 @@ def test_pipeline_loads_from_a_local_directory_in_float32(tiny_models, tmp_path)
     )
     assert pipe.transformer.dtype == torch.float32
     assert pipe.device.type == "cpu"
+
+
+def test_cpu_pipeline_uses_the_preset_threads_and_decodes_batches_whole(tiny_models) -> None:
+    """VAE slicing saves GPU memory; on the CPU it only slows batches down, so it is off there."""
+    before = torch.get_num_threads()
+    try:
+        pipe = load_image_pipeline(Settings.from_env({"GENSERVE_DEVICE": "cpu", "GENSERVE_CPU_THREADS": "1"}))
+        assert torch.get_num_threads() == 1
+        assert not pipe.vae.use_slicing
+        sliced = load_image_pipeline(
+            Settings.from_env({"GENSERVE_DEVICE": "cpu", "GENSERVE_VAE_SLICING": "1"})
+        )
+        assert sliced.vae.use_slicing
+    finally:
+        torch.set_num_threads(before)

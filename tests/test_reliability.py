@@ -146,6 +146,20 @@ def test_departed_client_cancels_its_work_and_others_are_served(fresh) -> None:
     assert generated(url, "video") - before == 1  # the departed client's video was never finished
 
 
+def test_cancel_reaches_the_worker_running_the_request(tiny_models, tmp_path) -> None:
+    """With two video workers a cancel call lands on either; the one running the video stops it.
+    Three departures: a cancel that only reached the worker it landed on would pass one in two."""
+    with running_server(tmp_path, GENSERVE_VIDEO_WORKERS="2") as (url, _):
+        before = generated(url, "video")
+        for departures in range(1, 4):
+            with pytest.raises(httpx.ReadTimeout):
+                post_video(url, SLOW_VIDEO, timeout=httpx.Timeout(60, read=1))
+            wait_until(
+                lambda n=departures: finished_batches(url, "video") >= n, 60, "the video's batch to end"
+            )
+        assert generated(url, "video") == before  # all three abandoned, none finished
+
+
 def test_killed_generator_fails_its_requests_then_recovers(fresh) -> None:
     url, arbiter = fresh
     batches = started_requests(url)

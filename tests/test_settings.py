@@ -59,3 +59,19 @@ def test_batch_size_one_turns_batching_off() -> None:
 @pytest.mark.parametrize(("gpus", "resources"), [(0, {"cpu": "1"}), (1, {"gpu": 1}), (0.5, {"gpu": 0.5})])
 def test_generator_resources(gpus: float, resources: dict) -> None:
     assert Settings.from_env({}).generator_resources(gpus) == resources
+
+
+def test_worker_layout_and_cpu_threads() -> None:
+    """One worker per generator by default; the tiny presets run one torch thread per worker."""
+    defaults = Settings.from_env({})
+    assert (defaults.image_workers, defaults.video_workers) == (1, 1)
+    assert defaults.image_cpu_threads == defaults.video_cpu_threads == 1
+    assert defaults.vae_slicing is None  # decided by the device: on for GPUs
+    large = Settings.from_env({"GENSERVE_IMAGE_PRESET": "sd35-large"})
+    assert large.image_cpu_threads == 0  # torch's default: every core
+    tuned = Settings.from_env(
+        {"GENSERVE_IMAGE_WORKERS": "2", "GENSERVE_CPU_THREADS": "3", "GENSERVE_VAE_SLICING": "on"}
+    )
+    assert (tuned.image_workers, tuned.video_workers) == (2, 1)
+    assert tuned.image_cpu_threads == tuned.video_cpu_threads == 3
+    assert tuned.vae_slicing is True

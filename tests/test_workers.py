@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -13,6 +14,31 @@ from bentoml.exceptions import ServiceUnavailable
 from genserve.generation import generate_images
 from genserve.schemas import image_request_model
 from genserve.workers import BackgroundLoad, Cancellations, Queued, run_batch
+
+
+@pytest.fixture
+def cancellations(tmp_path) -> Cancellations:
+    return Cancellations(tmp_path / "cancelled", keep_s=60)
+
+
+def test_cancellations_are_shared_by_the_workers_of_a_generator(tmp_path) -> None:
+    """A cancel call lands on any worker; the one running the request must see it."""
+    worker_a, worker_b = (Cancellations(tmp_path / "shared", keep_s=60) for _ in range(2))
+    elsewhere = Cancellations(tmp_path / "another-server", keep_s=60)
+    ids = [queued(i).request_id for i in range(2)]
+    worker_a.add(ids[:1])
+    assert ids[0] in worker_b and ids[0] in worker_a
+    assert ids[1] not in worker_b and ids[0] not in elsewhere
+
+
+def test_cancellations_expire_and_only_request_ids_are_kept(tmp_path) -> None:
+    cancelled = Cancellations(tmp_path, keep_s=60)
+    old, new = queued(1).request_id, queued(2).request_id
+    cancelled.add([old])
+    os.utime(tmp_path / old, (time.time() - 61, time.time() - 61))
+    cancelled.add([new, "../escape", "x" * 32])
+    assert old not in cancelled and new in cancelled
+    assert sorted(path.name for path in tmp_path.iterdir()) == [new]
 
 
 def test_not_ready_until_loaded_and_get_waits() -> None:
@@ -42,20 +68,20 @@ def fake_generate(items: list, unwanted) -> list:
     return [np.full(1, item) for item in items]
 
 
-def test_run_batch_unwraps_items_in_order() -> None:
-    outcomes = run_batch("image", [queued(i) for i in (3, 1, 2)], fake_generate, Cancellations(60))
+def test_run_batch_unwraps_items_in_order(cancellations) -> None:
+    outcomes = run_batch("image", [queued(i) for i in (3, 1, 2)], fake_generate, cancellations)
     assert [int(o.value[0]) for o in outcomes] == [3, 1, 2]
     assert all(o.status == 200 and o.error is None for o in outcomes)
 
 
-def test_expired_and_cancelled_requests_are_not_generated() -> None:
+def test_expired_and_cancelled_requests_are_not_generated(cancellations) -> None:
     seen: list[list] = []
 
     def generate(items, unwanted):
         seen.append(items)
         return fake_generate(items, unwanted)
 
-    cancelled = Cancellations(60)
+    cancelled = cancellations
     batch = [queued("late", timeout_s=-1), queued("gone"), queued("kept")]
     cancelled.add([batch[1].request_id])
     outcomes = run_batch("image", batch, generate, cancelled)
@@ -64,7 +90,7 @@ def test_expired_and_cancelled_requests_are_not_generated() -> None:
     assert "timed out" in outcomes[0].error and "cancelled" in outcomes[1].error
 
 
-def test_a_failed_batch_is_retried_one_by_one() -> None:
+def test_a_failed_batch_is_retried_one_by_one(cancellations) -> None:
     """An out-of-memory batch (injected: more than one item fails) still serves everyone it can."""
 
     def generate(items, unwanted):
@@ -74,13 +100,15 @@ def test_a_failed_batch_is_retried_one_by_one() -> None:
             raise ValueError("this request alone is broken")
         return fake_generate([len(items[0])], unwanted)
 
-    outcomes = run_batch("image", [queued("a"), queued("poison"), queued("ccc")], generate, Cancellations(60))
+    outcomes = run_batch("image", [queued("a"), queued("poison"), queued("ccc")], generate, cancellations)
     assert [o.status for o in outcomes] == [200, 500, 200]
     assert [int(outcomes[i].value[0]) for i in (0, 2)] == [1, 3]
     assert "ValueError" in outcomes[1].error
 
 
-def test_out_of_memory_batch_with_a_real_pipeline_matches_requests_made_alone(image_pipe, settings) -> None:
+def test_out_of_memory_batch_with_a_real_pipeline_matches_requests_made_alone(
+    image_pipe, settings, cancellations
+) -> None:
     """The injected fault: the real tiny pipeline 'runs out of GPU memory' on any batch of two or more."""
     preset = settings.image_preset
     requests = [image_request_model(preset)(prompt=f"a robot {i}", seed=i) for i in range(3)]
@@ -90,17 +118,17 @@ def test_out_of_memory_batch_with_a_real_pipeline_matches_requests_made_alone(im
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         return generate_images(image_pipe, preset, items, unwanted)
 
-    outcomes = run_batch("image", [queued(r) for r in requests], generate, Cancellations(60))
+    outcomes = run_batch("image", [queued(r) for r in requests], generate, cancellations)
     for request, outcome in zip(requests, outcomes, strict=True):
         [alone] = generate_images(image_pipe, preset, [request])
         assert outcome.status == 200
         np.testing.assert_array_equal(outcome.value, alone)
 
 
-def test_pipeline_call_is_abandoned_between_steps(image_pipe, settings) -> None:
+def test_pipeline_call_is_abandoned_between_steps(image_pipe, settings, cancellations) -> None:
     """Cancelling mid-call stops a real pipeline at the next step instead of finishing it."""
     request = image_request_model(settings.image_preset)(prompt="a cat", num_inference_steps=40, seed=1)
-    cancelled = Cancellations(60)
+    cancelled = cancellations
     batch = [queued(request)]
     steps = 0
 
