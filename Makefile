@@ -10,7 +10,7 @@ GRPC_PORT ?= 50051
 # The UI calls the API on this machine: 0.0.0.0 is where to listen, not an address to call.
 API_URL := http://$(if $(filter 0.0.0.0,$(HOST)),127.0.0.1,$(HOST)):$(PORT)
 
-.PHONY: setup models serve grpc test lint image-test
+.PHONY: setup models serve grpc test lint image-test bench
 
 setup: $(INSTALLED)
 
@@ -47,6 +47,11 @@ lint: setup
 
 test: lint
 	$(BIN)/pytest
+
+# The benchmarks (bench/README.md): served against in process and the original design, a few
+# minutes; the report and plot go to bench/results/. Run it on an otherwise idle machine.
+bench: models
+	$(BIN)/python -m bench
 
 # The container image's CPU variant, built from the bento with podman and run: an image and a
 # video made through its port, a clean SIGTERM stop (docs/deploy.md). Root, podman, mmdebstrap.

@@ -29,6 +29,7 @@ from bench.load import TIMEOUT_S, run_load
 from bench.report import BASELINE, BATCHING_OFF, BATCHING_ON, Results, markdown, plot
 from bench.servers import ROOT, Server, baseline_command, bentoml_command, start
 from bench.workload import Workload
+from genserve.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ FULL = Plan(
 QUICK = Plan(Workload(64, 64, 2), (1, 2), {1: 2, 2: 4}, singles=1, batches=1, rounds=1, warmup=2)
 
 
-def machine() -> dict[str, str]:
+def machine(settings: Settings) -> dict[str, str]:
     import bentoml
     import torch
 
@@ -68,7 +69,9 @@ def machine() -> dict[str, str]:
     return {
         "run": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "CPU": f"{cpu}, {os.cpu_count()} cores",
-        "torch": f"{torch.__version__} ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "image generator": f"{settings.image_workers} worker(s) of {settings.image_cpu_threads or 'all'} "
+        "torch thread(s), in process the same threads",
         "BentoML": bentoml.__version__,
         "load average at start": f"{os.getloadavg()[0]:.1f}",
     }
@@ -160,10 +163,11 @@ def measure(plan: Plan, servers: dict[str, Server], results: Results) -> None:
 
 
 def run(plan: Plan, out: Path) -> Results:
-    from genserve.settings import Settings
-
-    batch = Settings.from_env().image_max_batch_size
-    results = Results(machine=machine(), workload=plan.workload, batch=batch, clients=plan.clients)
+    settings = Settings.from_env()
+    batch, workers = settings.image_max_batch_size, settings.image_workers
+    results = Results(
+        machine=machine(settings), workload=plan.workload, batch=batch, workers=workers, clients=plan.clients
+    )
     subprocess.run(
         [sys.executable, "models/import_models.py", "--image", "tiny", "--video", "tiny"],
         cwd=ROOT,

@@ -1,0 +1,107 @@
+"""The benchmark keeps working: a quick run end to end, and the real architectures' configs.
+
+No timings are asserted: the quick run only proves every measurement runs and reports.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT
+from decoding import read_image
+
+# Published sizes (parameters) of the models whose configs bench/real_configs.py writes out.
+PUBLISHED = {
+    "SD3.5 Large MMDiT": 8.1e9,
+    "T5-XXL encoder": 4.76e9,
+    "CLIP ViT-bigG/14 text": 0.695e9,
+    "CLIP ViT-L/14 text": 0.124e9,
+    "SD3 VAE": 0.084e9,
+    "SVD-XT UNet": 1.52e9,
+    "SVD temporal VAE": 0.098e9,
+    "OpenCLIP ViT-H/14 vision": 0.632e9,
+}
+
+
+@pytest.fixture(autouse=True)
+def importable_bench(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/ is run from the repository root (`python -m bench`), not installed."""
+    monkeypatch.syspath_prepend(str(ROOT))
+
+
+def _parameter_counts() -> dict[str, int]:
+    from diffusers import (
+        AutoencoderKL,
+        AutoencoderKLTemporalDecoder,
+        SD3Transformer2DModel,
+        UNetSpatioTemporalConditionModel,
+    )
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+        T5Config,
+        T5EncoderModel,
+    )
+
+    from bench.real_configs import SD35_LARGE, SVD_XT
+
+    builders = {
+        "SD3.5 Large MMDiT": lambda: SD3Transformer2DModel(**SD35_LARGE["transformer"]),
+        "T5-XXL encoder": lambda: T5EncoderModel(T5Config(**SD35_LARGE["text_encoder_3"])),
+        "CLIP ViT-bigG/14 text": lambda: CLIPTextModelWithProjection(
+            CLIPTextConfig(**SD35_LARGE["text_encoder_2"])
+        ),
+        "CLIP ViT-L/14 text": lambda: CLIPTextModelWithProjection(
+            CLIPTextConfig(**SD35_LARGE["text_encoder"])
+        ),
+        "SD3 VAE": lambda: AutoencoderKL(**SD35_LARGE["vae"]),
+        "SVD-XT UNet": lambda: UNetSpatioTemporalConditionModel(**SVD_XT["unet"]),
+        "SVD temporal VAE": lambda: AutoencoderKLTemporalDecoder(**SVD_XT["vae"]),
+        "OpenCLIP ViT-H/14 vision": lambda: CLIPVisionModelWithProjection(
+            CLIPVisionConfig(**SVD_XT["image_encoder"])
+        ),
+    }
+    with torch.device("meta"):  # shapes only: no memory for 16 B parameters
+        return {name: sum(p.numel() for p in build().parameters()) for name, build in builders.items()}
+
+
+def test_real_architecture_configs_have_the_published_sizes() -> None:
+    counts = _parameter_counts()
+    for name, published in PUBLISHED.items():
+        assert counts[name] == pytest.approx(published, rel=0.01), name
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the real architectures are built and run")
+def test_real_architecture_preset_is_skipped_without_a_gpu(tmp_path, capsys) -> None:
+    from bench.run import main
+
+    main(["--preset", "sd35-large", "--out", str(tmp_path)])
+    assert "skipped" in capsys.readouterr().out
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_quick_bench_measures_everything_and_writes_the_report(tiny_models, tmp_path) -> None:
+    from bench.report import SERVERS
+
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = (tmp_path / "performance.md").read_text()
+    assert run.stdout.count("| serving efficiency") == report.count("| serving efficiency") == 1
+    for server in SERVERS:
+        assert f"| {server} |" in report
+    for ratio in ("serving efficiency", "batching gain", "speed-up", "single-request overhead", "cold start"):
+        assert f"| {ratio}" in report
+    mime, pixels = read_image((tmp_path / "bench.png").read_bytes())
+    assert mime == "image/png" and pixels.shape[0] > 100
