@@ -14,11 +14,17 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from bench.real_configs import SD35_LARGE, SVD_XT
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusion3Pipeline, StableVideoDiffusionPipeline
+
+    from genserve.presets import ImagePreset, VideoPreset
 
 GIB = 1024**3
 REPEATS = 2  # single-request timings per pipeline; the median is reported
@@ -80,7 +86,7 @@ def sd35_large_pipeline():
         ),
         tokenizer_3=t5_tokenizer,
     )
-    pipe.vae.enable_slicing()  # as served: GENSERVE_VAE_SLICING defaults to on
+    pipe.vae.enable_slicing()  # as served: GENSERVE_VAE_SLICING defaults to on for GPUs
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -108,8 +114,12 @@ def svd_xt_pipeline():
     return pipe
 
 
-def _timed(call: Callable[[], object]) -> tuple[float, float]:
-    """Seconds and peak GPU memory (GiB) of one call."""
+def _timed(call: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """Seconds and peak GPU memory (GiB; 0 off the GPU) of one call."""
+    if device.type != "cuda":
+        started = time.perf_counter()
+        call()
+        return time.perf_counter() - started, 0.0
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
@@ -118,12 +128,14 @@ def _timed(call: Callable[[], object]) -> tuple[float, float]:
     return time.perf_counter() - started, torch.cuda.max_memory_allocated() / GIB
 
 
-def _measure(name: str, generate: Callable[[int, int | None], object], batch: int) -> dict:
+def _measure(
+    name: str, generate: Callable[[int, int | None], object], batch: int, device: torch.device
+) -> dict:
     """`generate(n, steps)` makes n requests; steps None means the preset's default."""
     print(f"{name}: warm-up", flush=True)
     generate(1, 2)  # kernel selection and allocator growth are not part of a request's cost
-    singles = [_timed(lambda: generate(1, None)) for _ in range(REPEATS)]
-    batched, batch_peak = _timed(lambda: generate(batch, None))
+    singles = [_timed(lambda: generate(1, None), device) for _ in range(REPEATS)]
+    batched, batch_peak = _timed(lambda: generate(batch, None), device)
     single = statistics.median(s for s, _ in singles)
     return {
         "model": name,
@@ -136,33 +148,30 @@ def _measure(name: str, generate: Callable[[int, int | None], object], batch: in
     }
 
 
-def measure_image() -> dict:
+def measure_image(pipe: StableDiffusion3Pipeline, preset: ImagePreset) -> dict:
+    """Time genserve's image generation with `pipe` at `preset`'s defaults: one request, a batch."""
     from genserve.generation import generate_images
-    from genserve.presets import IMAGE_PRESETS
     from genserve.schemas import image_request_model
 
-    preset = IMAGE_PRESETS["sd35-large"]
     request = image_request_model(preset)
-    pipe = sd35_large_pipeline()
 
     def generate(n: int, steps: int | None) -> object:
         fields = {} if steps is None else {"num_inference_steps": steps}
         requests = [request(prompt=f"a red cat {i}", seed=i, **fields) for i in range(n)]
         return generate_images(pipe, preset, requests)
 
-    label = f"SD3.5 Large architecture, bf16, {preset.default_width}×{preset.default_height}"
-    return _measure(f"{label}, {preset.default_steps} steps", generate, preset.batching.max_batch_size)
+    label = f"{preset.name} architecture, {pipe.dtype}, {preset.default_width}×{preset.default_height}"
+    batch = preset.batching.max_batch_size
+    return _measure(f"{label}, {preset.default_steps} steps", generate, batch, pipe.device)
 
 
-def measure_video() -> dict:
-    from genserve.generation import VideoJob, generate_videos
+def measure_video(pipe: StableVideoDiffusionPipeline, preset: VideoPreset) -> dict:
+    """Time genserve's video generation with `pipe` at `preset`'s defaults: one request, a batch."""
+    from genserve.generation import generate_videos
     from genserve.media import encode_image
-    from genserve.presets import VIDEO_PRESETS
-    from genserve.schemas import video_request_model
+    from genserve.schemas import VideoJob, video_request_model
 
-    preset = VIDEO_PRESETS["svd-xt"]
     request = video_request_model(preset)
-    pipe = svd_xt_pipeline()
     noise = np.random.default_rng(0).integers(0, 256, (preset.height, preset.width, 3), dtype=np.uint8)
     image = encode_image(noise, "png")
 
@@ -171,13 +180,15 @@ def measure_video() -> dict:
         jobs = [VideoJob(image=image, request=request(seed=i, **fields)) for i in range(n)]
         return generate_videos(pipe, preset, jobs)
 
-    label = f"SVD-XT architecture, fp16, {preset.width}×{preset.height}, {preset.default_frames} frames"
-    return _measure(f"{label}, {preset.default_steps} steps", generate, preset.batching.max_batch_size)
+    size = f"{preset.width}×{preset.height}, {preset.default_frames} frames"
+    label = f"{preset.name} architecture, {pipe.dtype}, {size}"
+    batch = preset.batching.max_batch_size
+    return _measure(f"{label}, {preset.default_steps} steps", generate, batch, pipe.device)
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], device: str) -> str:
     lines = [
-        f"## Benchmark: real architectures, random weights, on {torch.cuda.get_device_name()}",
+        f"## Benchmark: real architectures, random weights, on {device}",
         "",
         "| model | latency, 1 request | peak GPU memory | batch | batch time | batching gain | peak, batch |",
         "|---|---|---|---|---|---|---|",
@@ -197,12 +208,14 @@ def main(out: Path) -> None:
             "SVD-XT architectures in bf16/fp16 and needs a CUDA GPU; none is visible here."
         )
         return
-    rows = []
-    for measure in (measure_image, measure_video):  # one at a time: each frees its pipeline
-        rows.append(measure())
-        torch.cuda.empty_cache()
+    from genserve.presets import IMAGE_PRESETS, VIDEO_PRESETS
+
+    # One at a time: each pipeline is freed before the next is built.
+    rows = [measure_image(sd35_large_pipeline(), IMAGE_PRESETS["sd35-large"])]
+    torch.cuda.empty_cache()
+    rows.append(measure_video(svd_xt_pipeline(), VIDEO_PRESETS["svd-xt"]))
     out.mkdir(parents=True, exist_ok=True)
-    report = markdown(rows)
+    report = markdown(rows, torch.cuda.get_device_name())
     (out / "gpu.md").write_text(report)
     (out / "gpu.json").write_text(json.dumps(rows, indent=2))
     print(report)

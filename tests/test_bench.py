@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
 from conftest import ROOT
 from decoding import read_image
+
+from genserve.presets import Batching
 
 # Published sizes (parameters) of the models whose configs bench/real_configs.py writes out.
 PUBLISHED = {
@@ -105,3 +108,19 @@ def test_quick_bench_measures_everything_and_writes_the_report(tiny_models, tmp_
         assert f"| {ratio}" in report
     mime, pixels = read_image((tmp_path / "bench.png").read_bytes())
     assert mime == "image/png" and pixels.shape[0] > 100
+
+
+def test_gpu_measurements_run_genserve_generation_on_any_pipeline(image_pipe, video_pipe, settings) -> None:
+    """The GPU bench's measuring code, on the tiny pipelines on the CPU: it must not first fail on
+    the rare machine with a GPU."""
+    from bench.gpu import markdown, measure_image, measure_video
+
+    image_preset = replace(settings.image_preset, default_steps=2, batching=Batching(2, 60_000))
+    video_preset = replace(
+        settings.video_preset, default_frames=2, default_steps=1, batching=Batching(2, 60_000)
+    )
+    rows = [measure_image(image_pipe, image_preset), measure_video(video_pipe, video_preset)]
+    for row in rows:
+        assert row["batch"] == 2 and row["latency_s"] > 0 and row["batch_s"] > 0
+    report = markdown(rows, "CPU")
+    assert report.count("| tiny architecture") == 2
