@@ -21,8 +21,8 @@ import bentoml
 import httpx
 from bentoml.exceptions import BentoMLException
 
-from genserve.cli import CONNECT_TIMEOUT_S, DEFAULT_URL, POLL_INTERVAL_S
-from genserve.settings import DEFAULT_TIMEOUT_S
+from genserve.cli import CONNECT_TIMEOUT_S, POLL_INTERVAL_S
+from genserve.settings import DEFAULT_TIMEOUT_S, api_key, api_url
 
 #: Task states in which a text-to-video job is still worth waiting for.
 RUNNING = ("pending", "in_progress")
@@ -38,8 +38,7 @@ class Connection:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Connection:
-        url = (environ.get("GENSERVE_URL") or DEFAULT_URL).rstrip("/")
-        return cls(url=url, api_key=environ.get("GENSERVE_API_KEY") or None)
+        return cls(url=api_url(environ), api_key=api_key(environ))
 
     def sdk_options(self) -> dict[str, Any]:
         """Client arguments: a dead host fails in seconds, not after the generation timeout, and

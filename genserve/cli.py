@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 import time
@@ -28,9 +27,8 @@ import httpx
 
 from genserve.http import SEED_HEADER
 from genserve.schemas import ImageFormat, VideoFormat
-from genserve.settings import DEFAULT_TIMEOUT_S
+from genserve.settings import DEFAULT_API_URL, DEFAULT_TIMEOUT_S, api_key, api_url
 
-DEFAULT_URL = "http://127.0.0.1:3000"
 IMAGE_FORMATS: tuple[str, ...] = get_args(ImageFormat)
 VIDEO_FORMATS: tuple[str, ...] = get_args(VideoFormat)
 EXTENSIONS = {"image": {".jpg": "jpeg"}, "video": {}}  # beyond ".<format>" itself
@@ -322,12 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genserve", description="A command-line client for genserve.")
     parser.add_argument(
         "--url",
-        default=os.environ.get("GENSERVE_URL") or DEFAULT_URL,
-        help="the server (default: $GENSERVE_URL or %(default)s)",
+        default=api_url(),
+        help=f"the server (default: $GENSERVE_URL or {DEFAULT_API_URL})",
     )
     parser.add_argument(
         "--api-key",
-        default=os.environ.get("GENSERVE_API_KEY") or None,
+        default=api_key(),
         help="sent as 'Authorization: Bearer KEY' (default: $GENSERVE_API_KEY)",
     )
     parser.add_argument(

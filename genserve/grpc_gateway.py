@@ -41,7 +41,7 @@ from grpc_tools import protoc
 
 from genserve.media import VIDEO_FORMATS
 from genserve.schemas import TextToVideoRequest, VideoRequest, random_seed
-from genserve.settings import DEFAULT_TIMEOUT_S, _positive_int
+from genserve.settings import DEFAULT_TIMEOUT_S, _positive_int, api_url
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class GatewaySettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> GatewaySettings:
         return cls(
-            url=environ.get("GENSERVE_URL") or "http://127.0.0.1:3000",
+            url=api_url(environ),
             host=environ.get("GENSERVE_GRPC_HOST") or "[::]",
             port=_positive_int(environ, "GENSERVE_GRPC_PORT", DEFAULT_PORT),
             max_message_bytes=MIB

@@ -7,14 +7,17 @@ README, the container and the Kubernetes manifests have one list to follow.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from genserve.presets import ImagePreset, VideoPreset, image_preset, video_preset
 
+N = TypeVar("N", int, float)
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_TIMEOUT_S = 900
+DEFAULT_API_URL = "http://127.0.0.1:3000"  # `make serve`'s address
 #: Default queue bound of a generator, in batches: enough to keep it busy, short enough that a
 #: queued request is served long before its timeout.
 QUEUE_BATCHES = 4
@@ -31,33 +34,31 @@ def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
     raise ValueError(f"{name}={value!r} is not a boolean (use 1/0, true/false, yes/no, on/off)")
 
 
-def _gpus(environ: Mapping[str, str], name: str) -> float:
-    value = environ.get(name) or "1"
+def _number(environ: Mapping[str, str], name: str, default: N, parse: Callable[[str], N], minimum: N) -> N:
+    """The variable `name` parsed as a number of at least `minimum`; `default` when unset."""
+    value = environ.get(name)
+    if value is None or value == "":
+        return default
     try:
-        number = float(value)
+        number = parse(value)
     except ValueError:
-        raise ValueError(f"{name}={value!r} is not a number") from None
-    if number < 0:
-        raise ValueError(f"{name}={value!r} must not be negative")
+        raise ValueError(f"{name}={value!r} is not {'an integer' if parse is int else 'a number'}") from None
+    if number < minimum:
+        raise ValueError(f"{name}={value!r} must be at least {minimum}")
     return number
+
+
+def _gpus(environ: Mapping[str, str], name: str) -> float:
+    return _number(environ, name, 1.0, float, 0.0)
+
+
+def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    return _number(environ, name, default, int, 1)
 
 
 def _path(environ: Mapping[str, str], name: str) -> Path | None:
     value = environ.get(name)
     return Path(value) if value else None
-
-
-def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
-    value = environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"{name}={value!r} is not an integer") from None
-    if number < 1:
-        raise ValueError(f"{name}={value!r} must be at least 1")
-    return number
 
 
 @dataclass(frozen=True)
@@ -149,8 +150,16 @@ class Settings:
             api_keys=tuple(
                 key.strip() for key in environ.get("GENSERVE_API_KEYS", "").split(",") if key.strip()
             ),
-            api_keys_file=Path(environ["GENSERVE_API_KEYS_FILE"])
-            if environ.get("GENSERVE_API_KEYS_FILE")
-            else None,
+            api_keys_file=_path(environ, "GENSERVE_API_KEYS_FILE"),
             protect_metrics=_flag(environ, "GENSERVE_PROTECT_METRICS", False),
         )
+
+
+def api_url(environ: Mapping[str, str] = os.environ) -> str:
+    """Where clients of the API (the CLI, the web UI, the gRPC gateway) find it: GENSERVE_URL."""
+    return (environ.get("GENSERVE_URL") or DEFAULT_API_URL).rstrip("/")
+
+
+def api_key(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The key those clients send as `Authorization: Bearer`: GENSERVE_API_KEY, if set."""
+    return environ.get("GENSERVE_API_KEY") or None
