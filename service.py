@@ -13,6 +13,7 @@ variables, listed in `genserve/settings.py` and the README.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -78,20 +79,37 @@ ImageFile = Annotated[Path, ContentType("image/*")]
 VideoFile = Annotated[Path, ContentType("video/*")]
 
 
-@bentoml.service(
-    workers=settings.image_workers,
-    resources=settings.generator_resources(settings.image_gpus),
-    traffic={"timeout": settings.request_timeout_s + TIMEOUT_GRACE_S},  # queue bound: in GenServe
-)
-class ImageGenerator:
-    """Text to image with the image preset's pipeline."""
+class Generator:
+    """What both generators share: the pipeline loaded in the background, readiness, cancellation."""
 
-    def __init__(self) -> None:
-        self.pipe = BackgroundLoad("image pipeline", lambda: warmed_image_pipeline(settings))
-        self.cancelled = Cancellations.of_service("ImageGenerator", keep_s=settings.request_timeout_s)
+    def __init__(self, kind: str, load: Callable[[], Any]) -> None:
+        self.pipe = BackgroundLoad(f"{kind} pipeline", load)
+        self.cancelled = Cancellations.of_service(type(self).__name__, keep_s=settings.request_timeout_s)
 
     def __is_ready__(self) -> bool:
         return self.pipe.ready
+
+    @bentoml.api
+    async def cancel(self, request_ids: list[str]) -> None:
+        """Stop work nobody waits for; async, so it is not queued behind the running batch."""
+        self.cancelled.add(request_ids)
+
+
+def generator_service(workers: int, gpus: float) -> dict:
+    """`bentoml.service` arguments of a generator; its queue bound is counted in GenServe."""
+    return {
+        "workers": workers,
+        "resources": settings.generator_resources(gpus),
+        "traffic": {"timeout": settings.request_timeout_s + TIMEOUT_GRACE_S},
+    }
+
+
+@bentoml.service(**generator_service(settings.image_workers, settings.image_gpus))
+class ImageGenerator(Generator):
+    """Text to image with the image preset's pipeline."""
+
+    def __init__(self) -> None:
+        super().__init__("image", lambda: warmed_image_pipeline(settings))
 
     @bentoml.api(**settings.batching(settings.image_max_batch_size, settings.image_max_latency_ms))
     def generate(self, batch: list[Queued[ImageRequest]]) -> list[Outcome]:
@@ -100,26 +118,13 @@ class ImageGenerator:
         pipe, preset = self.pipe.get(), settings.image_preset
         return run_batch("image", batch, partial(generate_images, pipe, preset), self.cancelled)
 
-    @bentoml.api
-    async def cancel(self, request_ids: list[str]) -> None:
-        """Stop work nobody waits for; async, so it is not queued behind the running batch."""
-        self.cancelled.add(request_ids)
 
-
-@bentoml.service(
-    workers=settings.video_workers,
-    resources=settings.generator_resources(settings.video_gpus),
-    traffic={"timeout": settings.request_timeout_s + TIMEOUT_GRACE_S},
-)
-class VideoGenerator:
+@bentoml.service(**generator_service(settings.video_workers, settings.video_gpus))
+class VideoGenerator(Generator):
     """Image to video with the video preset's pipeline."""
 
     def __init__(self) -> None:
-        self.pipe = BackgroundLoad("video pipeline", lambda: warmed_video_pipeline(settings))
-        self.cancelled = Cancellations.of_service("VideoGenerator", keep_s=settings.request_timeout_s)
-
-    def __is_ready__(self) -> bool:
-        return self.pipe.ready
+        super().__init__("video", lambda: warmed_video_pipeline(settings))
 
     @bentoml.api(**settings.batching(settings.video_max_batch_size, settings.video_max_latency_ms))
     def generate(self, batch: list[Queued[VideoJob]]) -> list[Outcome]:
@@ -127,11 +132,6 @@ class VideoGenerator:
 
         pipe, preset = self.pipe.get(), settings.video_preset
         return run_batch("video", batch, partial(generate_videos, pipe, preset), self.cancelled)
-
-    @bentoml.api
-    async def cancel(self, request_ids: list[str]) -> None:
-        """Stop work nobody waits for; async, so it is not queued behind the running batch."""
-        self.cancelled.add(request_ids)
 
 
 MODELS_INFO = {
