@@ -8,7 +8,8 @@ errors come back as INVALID_ARGUMENT naming the same field.
 The served contract is `proto/image_gen.proto` itself, compiled in-process at start-up by
 grpcio-tools' protoc into a descriptor pool: no generated code to keep in step with the file,
 and server reflection (for grpcurl and Postman) describes exactly that file. Clients generate
-their stubs from the same file.
+their stubs from the same file. The standard health service (grpc.health.v1) says SERVING while
+the API behind is ready.
 
 Settings (environment): GENSERVE_URL (the service), GENSERVE_GRPC_HOST / GENSERVE_GRPC_PORT
 (where to listen), GENSERVE_GRPC_MAX_MESSAGE_MB (largest message either way) and
@@ -36,6 +37,7 @@ from bentoml.exceptions import BentoMLException
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import FileDescriptor
 from google.protobuf.message import Message
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_tools import protoc
 
@@ -58,6 +60,7 @@ DEFAULT_MAX_MESSAGE_MB = 65
 DEFAULT_PORT = 50051
 #: How often a text-to-video job's status is asked for while it runs.
 POLL_INTERVAL_S = 0.5
+HEALTH_POLL_S = 2  # how often the health service asks the API behind whether it is ready
 
 #: Fields of text to video that image to video does not take.
 TEXT_ONLY_FIELDS = TextToVideoRequest.model_fields.keys() - VideoRequest.model_fields.keys()
@@ -98,7 +101,9 @@ def load_contract(proto: Path = PROTO) -> FileDescriptor:
             raise RuntimeError(f"protoc could not compile {proto} (exit status {status})")
         [file] = descriptor_pb2.FileDescriptorSet.FromString(compiled.read_bytes()).file
     pool = descriptor_pool.DescriptorPool()
-    pool.AddSerializedFile(reflection_pb2.DESCRIPTOR.serialized_pb)  # so reflection describes itself too
+    # So that reflection describes itself and the health service too.
+    pool.AddSerializedFile(reflection_pb2.DESCRIPTOR.serialized_pb)
+    pool.AddSerializedFile(health_pb2.DESCRIPTOR.serialized_pb)
     pool.AddSerializedFile(file.SerializeToString())
     return pool.FindFileByName(file.name)
 
@@ -257,16 +262,37 @@ def fields_of(request: Message) -> dict[str, Any]:
     return {field.name: value for field, value in request.ListFields()}
 
 
+async def report_health(servicer: health.aio.HealthServicer, names: tuple[str, ...], url: str) -> None:
+    """Keep the standard gRPC health service (grpc.health.v1) in step with the API behind: SERVING
+    while its /readyz answers 200, NOT_SERVING otherwise, for the gateway as a whole ("") and its
+    service. Kubernetes' gRPC readiness probe reads it, so no call is routed to a gateway that
+    could only answer UNAVAILABLE."""
+    serving = health_pb2.HealthCheckResponse.SERVING
+    async with httpx.AsyncClient(timeout=HEALTH_POLL_S) as client:
+        while True:
+            try:
+                ready = (await client.get(f"{url}/readyz")).status_code == 200
+            except httpx.HTTPError:
+                ready = False
+            for name in names:
+                await servicer.set(name, serving if ready else health_pb2.HealthCheckResponse.NOT_SERVING)
+            await asyncio.sleep(HEALTH_POLL_S)
+
+
 async def serve(settings: GatewaySettings) -> None:
-    """Serve, with reflection and the message limit both ways, until SIGTERM or SIGINT."""
+    """Serve, with reflection, health and the message limit both ways, until SIGTERM or SIGINT."""
     gateway = Gateway(load_contract(), settings)
     limit = settings.max_message_bytes
     server = grpc.aio.server(
         options=[("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
     )
     server.add_generic_rpc_handlers((gateway.handler(),))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (gateway.service_name, reflection.SERVICE_NAME), server, pool=gateway.contract.pool
+        (gateway.service_name, health.SERVICE_NAME, reflection.SERVICE_NAME),
+        server,
+        pool=gateway.contract.pool,
     )
     address = f"{settings.host}:{settings.port}"
     server.add_insecure_port(address)
@@ -275,7 +301,10 @@ async def serve(settings: GatewaySettings) -> None:
         asyncio.get_running_loop().add_signal_handler(signum, stopping.set)
     await server.start()
     logger.info("gRPC gateway on %s -> %s (messages up to %d MiB)", address, settings.url, limit // MIB)
+    reporting = asyncio.create_task(report_health(health_servicer, ("", gateway.service_name), settings.url))
     await stopping.wait()
+    reporting.cancel()
+    await health_servicer.enter_graceful_shutdown()  # NOT_SERVING from now on: probes stop routing here
     # Calls in flight may take a whole request timeout (a video): let them finish.
     logger.info("stopping: no new calls, up to %d s for those in flight", settings.timeout_s)
     await server.stop(grace=settings.timeout_s)

@@ -7,6 +7,7 @@ import base64
 import importlib
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from conftest import ROOT
 from decoding import read_image, read_video
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import FieldDescriptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from test_auth import ENV_KEYS, keyed  # noqa: F401  # a fixture: the served API with API keys
 
@@ -165,6 +167,26 @@ def test_reflection_describes_the_service_well_enough_to_call_it(gateway) -> Non
     assert png_pixels(reply).shape[1] == 80
 
 
+def health_of(channel: grpc.Channel, service: str, expected: int) -> int:
+    """The health service's answer for `service`, once it is `expected` (the first check of the
+    API behind takes a moment) or after 30 s."""
+    check = health_pb2_grpc.HealthStub(channel).Check
+    deadline = time.monotonic() + 30
+    while (status := check(health_pb2.HealthCheckRequest(service=service), timeout=10).status) != expected:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    return status
+
+
+def test_health_is_serving_in_front_of_a_ready_api(gateway) -> None:
+    serving = health_pb2.HealthCheckResponse.SERVING
+    with grpc.insecure_channel(gateway) as channel:
+        assert health_of(channel, "", serving) == serving
+        assert health_of(channel, "ImageGenerator", serving) == serving
+        assert "grpc.health.v1.Health" in ProtoReflectionDescriptorDatabase(channel).get_services()
+
+
 @pytest.mark.slow
 def test_the_api_key_travels_as_metadata(keyed, stubs, tmp_path) -> None:  # noqa: F811  # the fixture
     pb, services = stubs
@@ -191,6 +213,8 @@ def test_unreachable_service_and_the_configured_message_limit(stubs, tmp_path) -
         running_gateway(nowhere, tmp_path, GENSERVE_GRPC_MAX_MESSAGE_MB="1") as address,
         grpc.insecure_channel(address) as channel,
     ):
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        assert health_of(channel, "", not_serving) == not_serving  # probes route no calls here
         stub = services.ImageGeneratorStub(channel)
         with pytest.raises(grpc.RpcError) as raised:
             stub.GenerateImage(pb.ImageRequest(prompt="a cat"), timeout=TIMEOUT)

@@ -321,6 +321,7 @@ def test_web_ui_is_locked_down_and_reaches_the_gateway_with_a_secret_key(overlay
 def test_grpc_gateway_is_locked_down_and_forwards_to_the_gateway(overlay) -> None:
     spec, container = locked_down_front_end(overlay, GRPC)
     assert container["command"] == ["python", "-m", "genserve.grpc_gateway"]
+    assert container["readinessProbe"]["grpc"]["port"] == container["ports"][0]["containerPort"]
     assert environment(overlay, container)["GENSERVE_URL"] == "http://genserve:3000"
     assert spec["terminationGracePeriodSeconds"] > int(config(overlay)["GENSERVE_REQUEST_TIMEOUT_S"])
     assert "genserve-grpc" in objects(overlay, "NetworkPolicy")
