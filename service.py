@@ -39,6 +39,7 @@ from genserve.http import (
 )
 from genserve.jobs import fail_orphaned_jobs
 from genserve.media import IMAGE_FORMATS, VIDEO_FORMATS, encode_image, encode_video
+from genserve.openai_api import PREFIX as OPENAI_PREFIX
 from genserve.openai_api import openai_app
 from genserve.presets import MAX_BODY_BYTES
 from genserve.schemas import (
@@ -142,7 +143,7 @@ MODELS_INFO = {
 }
 
 
-@bentoml.asgi_app(openai_app, path="/v1")  # OpenAI's Images API: POST /v1/images/generations
+@bentoml.asgi_app(openai_app, path=OPENAI_PREFIX)  # OpenAI's Images API: POST /v1/images/generations
 @bentoml.service(traffic={"timeout": settings.request_timeout_s + TIMEOUT_GRACE_S})
 class GenServe:
     """The public API: text to image, image to video, and text to video as a background job."""
@@ -223,6 +224,7 @@ GenServe.add_asgi_middleware(
     BearerAuth,
     keys=KeyRing(settings.api_keys, settings.api_keys_file),
     protect_metrics=settings.protect_metrics,
+    openai_prefix=OPENAI_PREFIX,
 )
 GenServe.add_asgi_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 GenServe.add_asgi_middleware(ValidateForm, file_fields={"/img2vid": frozenset({"image"})})

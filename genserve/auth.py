@@ -15,7 +15,7 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from genserve.http import error_response
+from genserve.http import error_response, openai_error
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +69,19 @@ def bearer_token(scope: Scope) -> str | None:
 
 
 class BearerAuth:
-    """ASGI middleware: every path but the open ones needs `Authorization: Bearer <key>`."""
+    """ASGI middleware: every path but the open ones needs `Authorization: Bearer <key>`.
 
-    def __init__(self, app: ASGIApp, keys: KeyRing, protect_metrics: bool = False) -> None:
+    Under `openai_prefix` the refusal is OpenAI's error object (`invalid_api_key`), which OpenAI's
+    clients turn into their AuthenticationError with the message.
+    """
+
+    def __init__(
+        self, app: ASGIApp, keys: KeyRing, protect_metrics: bool = False, openai_prefix: str | None = None
+    ) -> None:
         self.app = app
         self.keys = keys
         self.open_paths = OPEN_PATHS if protect_metrics else (*OPEN_PATHS, "/metrics")
+        self.openai_prefix = openai_prefix
 
     def _is_open(self, path: str) -> bool:
         return path in self.open_paths or path.startswith(OPEN_PREFIXES)
@@ -86,8 +93,12 @@ class BearerAuth:
         token = bearer_token(scope)
         if token is None or not self.keys.accepts(token):
             message = "missing API key" if token is None else "invalid API key"
-            response = error_response(401, f"{message}: send 'Authorization: Bearer <key>'")
-            response.headers["WWW-Authenticate"] = 'Bearer realm="genserve"'
+            message = f"{message}: send 'Authorization: Bearer <key>'"
+            headers = {"WWW-Authenticate": 'Bearer realm="genserve"'}
+            if self.openai_prefix and scope["path"].startswith(f"{self.openai_prefix}/"):
+                response = openai_error(401, message, code="invalid_api_key", headers=headers)
+            else:
+                response = error_response(401, message, headers=headers)
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)

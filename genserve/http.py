@@ -39,6 +39,19 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def openai_error(
+    status: int,
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    kind: str = "invalid_request_error",
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """OpenAI's error object, which its clients turn into their typed exceptions."""
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
 class JSONDocument:
     """ASGI middleware serving one JSON document at `GET path`; every other request passes through.
 

@@ -31,6 +31,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from genserve.dispatch import RETRY_AFTER_S, dispatch_all
+from genserve.http import openai_error
 from genserve.media import encode_image
 from genserve.presets import IMAGE_PRESETS
 from genserve.schemas import ImageFormat, image_request_model
@@ -38,6 +39,9 @@ from genserve.settings import Settings
 from genserve.workers import Outcome
 
 logger = logging.getLogger(__name__)
+
+#: Where service.py mounts this app: OpenAI clients' `base_url` is `<service>/v1`.
+PREFIX = "/v1"
 
 #: Images per call (OpenAI allows 10): as many as fit in one batch on every image preset, 4.
 MAX_IMAGES = min(preset.batching.max_batch_size for preset in IMAGE_PRESETS.values())
@@ -62,19 +66,6 @@ class GenerationRequest(BaseModel):
     output_format: ImageFormat | None = None
     user: str | None = None  # accepted and ignored, like its successor below
     safety_identifier: str | None = None
-
-
-def openai_error(
-    status: int,
-    message: str,
-    param: str | None = None,
-    code: str | None = None,
-    kind: str = "invalid_request_error",
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    """OpenAI's error object, which its clients turn into their typed exceptions."""
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def invalid_request(error: ValidationError) -> JSONResponse:

@@ -99,5 +99,7 @@ def test_bad_parameters_are_400s_naming_the_parameter(server, body, param, code)
 def test_the_api_key_is_the_bearer_token(keyed) -> None:  # noqa: F811  # the fixture
     url = keyed[0]
     assert len(openai_client(url, ENV_KEYS[1]).images.generate(prompt="a cat").data) == 1
-    with pytest.raises(openai.AuthenticationError):
+    with pytest.raises(openai.AuthenticationError) as raised:
         openai_client(url, "wrong-key").images.generate(prompt="a cat")
+    assert raised.value.code == "invalid_api_key"  # OpenAI's error object, parsed by its client
+    assert raised.value.message.endswith("invalid API key: send 'Authorization: Bearer <key>'")
