@@ -70,8 +70,9 @@ def wait_until_ready(
     timeout_s: float,
     poll_s: float,
     log: Path | None = None,
+    probe: str = "/readyz",
 ) -> None:
-    """Poll `url`/readyz until it answers 200.
+    """Poll `url` + `probe` until it answers 200.
 
     `exit_code` is None while the server runs (as `Popen.poll`): a server that died fails the wait at
     once, not at the deadline. The errors end with the tail of the server's `log`, which says why.
@@ -82,7 +83,7 @@ def wait_until_ready(
             if (code := exit_code()) is not None:
                 raise RuntimeError(f"{url} exited with {code} before it was ready{_log_note(log)}")
             try:
-                if client.get(f"{url}/readyz").status_code == 200:
+                if client.get(f"{url}{probe}").status_code == 200:
                     return
             except httpx.HTTPError:  # not listening yet, or too busy loading to answer
                 pass

@@ -6,11 +6,8 @@ Needs the system Chromium (Debian: `apt-get install chromium chromium-driver`) a
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +15,8 @@ import httpx
 import pytest
 from conftest import ROOT, free_port, stop
 from decoding import read_image
+
+from genserve.processes import start_process, wait_until_ready
 
 CHROMIUM = Path("/usr/bin/chromium")
 # What Chromium needs here: no sandbox (containers), no GPU, and no calls home of its own.
@@ -51,34 +50,14 @@ def ui(server: str, tmp_path: Path) -> Iterator[str]:
     command = [sys.executable, "-m", "streamlit", "run", "frontend/app.py"]
     command += ["--server.address", "127.0.0.1", "--server.port", str(port)]
     log = tmp_path / "streamlit.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env={**os.environ, "GENSERVE_URL": server},
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_process(command, log, ROOT, {"GENSERVE_URL": server})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + TIMEOUT_S
-        while not healthy(url):
-            assert process.poll() is None, f"streamlit exited: {log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, (
-                f"streamlit not up in {TIMEOUT_S} s: {log.read_text()[-3000:]}"
-            )
-            time.sleep(0.2)
+        probe = "/_stcore/health"
+        wait_until_ready(url, process.poll, timeout_s=TIMEOUT_S, poll_s=0.2, log=log, probe=probe)
         yield url
     finally:
         stop(process)
-
-
-def healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/_stcore/health", timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_browser_generates_an_image(ui, settings, tmp_path) -> None:

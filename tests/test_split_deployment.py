@@ -8,7 +8,6 @@ metrics), and requests go through the gateway end to end.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from conftest import ROOT, free_port, stop, wait_ready
 from decoding import read_image, read_video
 
 from genserve.loading import resolve_source
+from genserve.processes import start_process
 
 BASE = ROOT / "k8s" / "base"
 MANIFESTS = {"gateway": "gateway.yaml", "image": "image-generator.yaml", "video": "video-generator.yaml"}
@@ -67,15 +67,8 @@ def test_gateway_and_generators_as_separate_processes(settings, tmp_path: Path) 
             command = [sys.executable, "-m", "bentoml_cli._internal.start", *local_args(manifest, ports)]
             command += ["--host", "127.0.0.1", "--port", str(port), "service.py"]
             home = tmp_path / role
-            with (tmp_path / f"{role}.log").open("wb") as log:
-                processes[role] = subprocess.Popen(
-                    command,
-                    cwd=ROOT,
-                    env={**os.environ, **models, "BENTOML_HOME": str(home)},
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            env = {**models, "BENTOML_HOME": str(home)}
+            processes[role] = start_process(command, tmp_path / f"{role}.log", ROOT, env)
             urls[role] = f"http://127.0.0.1:{port}"
         for role, url in urls.items():
             wait_ready(url, processes[role])  # the gateway's /readyz also asks both generators
