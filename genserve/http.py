@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -92,13 +93,9 @@ class ValidateJSONBody:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
             await self.app(scope, receive, send)
             return
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
+        body = await read_body(receive)
+        if body is None:  # the client left
+            return
         try:
             self.model.model_validate_json(body or b"{}")
         except ValidationError as error:
@@ -108,6 +105,28 @@ class ValidateJSONBody:
             return
 
         await self.app(scope, replaying(body, receive), send)
+
+
+class BodyTooLarge(Exception):
+    """The body went past the limit given to `read_body`."""
+
+
+async def read_body(receive: Receive, max_bytes: float = math.inf) -> bytes | None:
+    """Read a request's whole body from `receive`; None if the client went away first.
+
+    Raises BodyTooLarge as soon as more than `max_bytes` have arrived, without reading the rest.
+    """
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > max_bytes:
+            raise BodyTooLarge
+        if not message.get("more_body"):
+            return b"".join(chunks)
 
 
 def replaying(body: bytes, receive: Receive) -> Receive:
@@ -147,19 +166,13 @@ class BodyLimit:
             else:
                 await self.app(scope, receive, send)
             return
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_bytes:
-                await too_large(scope, receive, send)
-                return
-            if not message.get("more_body"):
-                break
-        await self.app(scope, replaying(b"".join(chunks), receive), send)
+        try:
+            body = await read_body(receive, self.max_bytes)
+        except BodyTooLarge:
+            await too_large(scope, receive, send)
+            return
+        if body is not None:  # else the client left
+            await self.app(scope, replaying(body, receive), send)
 
 
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
@@ -182,8 +195,9 @@ class ValidateForm:
         if scope["type"] != "http" or scope["method"] != "POST" or not content_type.startswith(FORM_TYPES):
             await self.app(scope, receive, send)
             return
-        request = Request(scope, receive)
-        body = await request.body()
+        body = await read_body(receive)
+        if body is None:  # the client left
+            return
         problem = await self._problem(Request(scope, replaying(body, receive)), scope["path"])
         if problem is not None:
             await problem(scope, receive, send)
