@@ -50,7 +50,7 @@ test: lint
 
 # The benchmarks (bench/README.md): served against in process and the original design, a few
 # minutes; the report and plot go to bench/results/. Run it on an otherwise idle machine.
-bench: models
+bench: setup
 	$(BIN)/python -m bench
 
 # The container image's CPU variant, built from the bento with podman and run: an image and a

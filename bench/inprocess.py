@@ -1,9 +1,10 @@
 """The pipeline's own limits, with no serving: what genserve's served numbers are divided by.
 
 `InProcess` times generation calls in this process. `python -m bench.inprocess` is the bare
-process of the cold-start and memory comparisons: it imports genserve, loads both pipelines
-(what the service's /readyz waits for), says so on stdout, runs one full batch of the workload
-(what the image generator's peak memory includes) and prints its peak RSS.
+process of the cold-start and memory comparisons: it imports genserve, loads and warms up both
+pipelines as the generators do (what the service's /readyz waits for), says so on stdout, runs
+one full batch of the workload (what the image generator's peak memory includes) and prints its
+peak RSS.
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bench.servers import ROOT, peak_rss
 from bench.workload import Workload
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusion3Pipeline
 
 
 class InProcess:
@@ -30,14 +35,14 @@ class InProcess:
     thread's, which changed timings several-fold on a busy machine.
     """
 
-    def __init__(self, workload: Workload) -> None:
+    def __init__(self, workload: Workload, pipe: StableDiffusion3Pipeline | None = None) -> None:
         from genserve.loading import load_image_pipeline
         from genserve.schemas import image_request_model
         from genserve.settings import Settings
 
         settings = Settings.from_env()
         self.preset = settings.image_preset
-        self.pipe = load_image_pipeline(settings)
+        self.pipe = pipe if pipe is not None else load_image_pipeline(settings)
         self.request_model = image_request_model(self.preset)
         self.workload = workload
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
@@ -58,7 +63,7 @@ class InProcess:
 
 @dataclass(frozen=True)
 class BareLoad:
-    load_s: float  # process start to both pipelines loaded
+    load_s: float  # process start to both pipelines loaded and warmed up
     peak_rss: int  # bytes, after one full batch
 
 
@@ -80,11 +85,12 @@ def measure_bare_load(workload: Workload, batch: int) -> BareLoad:
 def _bare(workload: Workload, batch: int) -> None:
     import os
 
-    from genserve.loading import load_video_pipeline
     from genserve.settings import Settings
+    from genserve.workers import warmed_image_pipeline, warmed_video_pipeline
 
-    images = InProcess(workload)
-    load_video_pipeline(Settings.from_env())
+    settings = Settings.from_env()
+    images = InProcess(workload, warmed_image_pipeline(settings))
+    warmed_video_pipeline(settings)
     print("loaded", flush=True)
     images.generate(range(batch))
     print(json.dumps({"peak_rss": peak_rss(os.getpid())}), flush=True)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from bench.load import LoadResult, percentile
+import numpy as np
+
+from bench.load import LoadResult
 from bench.workload import Workload
 
 BATCHING_ON, BATCHING_OFF, BASELINE = "genserve", "genserve, batching off", "baseline"
@@ -36,15 +38,12 @@ class Results:
     batch_cpu_s: float = 0.0
     bare_load_s: float = 0.0
     bare_rss: int = 0
-    loads: dict[str, dict[int, list[LoadResult]]] = field(default_factory=dict)
-    cpu_s: dict[str, dict[int, float]] = field(default_factory=dict)  # server CPU time of all runs
+    loads: dict[str, dict[int, list[LoadResult]]] = field(default_factory=dict)  # server -> clients -> runs
     cold_start_s: dict[str, float] = field(default_factory=dict)
     rss: dict[str, dict[str, int]] = field(default_factory=dict)  # server -> process role -> bytes
 
-    def add_load(self, server: str, result: LoadResult, cpu_s: float) -> None:
+    def add_load(self, server: str, result: LoadResult) -> None:
         self.loads.setdefault(server, {}).setdefault(result.clients, []).append(result)
-        by_clients = self.cpu_s.setdefault(server, {})
-        by_clients[result.clients] = by_clients.get(result.clients, 0.0) + cpu_s
 
     # Runs of one measurement are pooled (requests over total time), so a burst of noise on
     # a shared machine weighs in proportion to how long it lasted.
@@ -53,7 +52,7 @@ class Results:
         return sum(len(r.latencies) for r in runs) / sum(r.wall_s for r in runs)
 
     def latency(self, server: str, clients: int, q: float) -> float:
-        return percentile([x for r in self.loads[server][clients] for x in r.latencies], q)
+        return float(np.percentile([x for r in self.loads[server][clients] for x in r.latencies], q))
 
     def errors(self, server: str) -> int:
         return sum(r.errors for runs in self.loads[server].values() for r in runs)
@@ -61,7 +60,8 @@ class Results:
     def cpu_per_image(self, server: str, clients: int) -> float:
         """CPU seconds per image over all the server's processes: the cost of serving shows here
         even when other work on the machine stretches wall times."""
-        return self.cpu_s[server][clients] / sum(len(r.latencies) for r in self.loads[server][clients])
+        runs = self.loads[server][clients]
+        return sum(r.cpu_s for r in runs) / sum(len(r.latencies) for r in runs)
 
     @property
     def inprocess_p50(self) -> float:
@@ -119,7 +119,7 @@ def _memory(sizes: dict[str, int]) -> str:
     return total + " (" + ", ".join(f"{role} {size / MIB:.0f}" for role, size in sorted(sizes.items())) + ")"
 
 
-def markdown(results: Results, plot_name: str | None) -> str:
+def markdown(results: Results, plot_name: str) -> str:
     """The report: machine, workload, measurements, ratios against their targets, the plot."""
     r = results
     top = max(r.clients)
@@ -140,7 +140,7 @@ def markdown(results: Results, plot_name: str | None) -> str:
         f"({r.single_cpu_s / len(r.single_s):.2f} CPU s/img) |",
         f"| throughput, one call with a batch of {r.batch} | {r.inprocess_batch_throughput:.2f} img/s "
         f"({r.batch_cpu_s / (r.batch * len(r.batch_s)):.2f} CPU s/img) |",
-        f"| bare load: process start → both pipelines loaded | {r.bare_load_s:.1f} s |",
+        f"| bare load: process start → both pipelines loaded and warmed up | {r.bare_load_s:.1f} s |",
         f"| peak RSS of that process (after a batch of {r.batch}) | {r.bare_rss / MIB:.0f} MiB |",
         "",
         "| served | p50 / p95, 1 client | "
@@ -163,10 +163,9 @@ def markdown(results: Results, plot_name: str | None) -> str:
     lines += ["", "| ratio | value | target | met |", "|---|---|---|---|"]
     for ratio in r.ratios():
         lines.append(
-            f"| {ratio.name} | {ratio.value:.2f} | {ratio.target} | {'yes' if ratio.met else '**no**'} |"
+            f"| {ratio.name} | {ratio.value:.3f} | {ratio.target} | {'yes' if ratio.met else '**no**'} |"
         )
-    if plot_name:
-        lines += ["", f"![throughput and latency against concurrent clients]({plot_name})"]
+    lines += ["", f"![throughput and latency against concurrent clients]({plot_name})"]
     return "\n".join(lines) + "\n"
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import io
 import os
 import platform
 import subprocess
@@ -22,13 +21,14 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from PIL import Image
 
 from bench.inprocess import InProcess, measure_bare_load
 from bench.load import TIMEOUT_S, run_load
 from bench.report import BASELINE, BATCHING_OFF, BATCHING_ON, Results, markdown, plot
-from bench.servers import ROOT, Server, baseline_command, bentoml_command, start
+from bench.servers import ROOT, Server, baseline_command, start
 from bench.workload import Workload
+from genserve.media import decode_image
+from genserve.processes import serve_command
 from genserve.settings import Settings
 
 
@@ -37,8 +37,7 @@ class Plan:
     """How much to measure. Rounds interleave every measurement, so drift hits all of them alike."""
 
     workload: Workload
-    clients: tuple[int, ...]
-    requests: dict[int, int]  # per round, by number of clients
+    requests: dict[int, int]  # per round, by number of concurrent clients (in the order measured)
     singles: int  # in-process single calls before each served run
     batches: int  # in-process batch calls before each served run
     rounds: int
@@ -47,10 +46,8 @@ class Plan:
 
 # 128×128 at 8 steps: ~0.1 s per image on 2 cores, so a few ms of serving per request is
 # measurable without drowning the work, and a batch of 8 still gains ~2× (bench/README.md).
-FULL = Plan(
-    Workload(128, 128, 8), (1, 4, 16), {1: 8, 4: 16, 16: 48}, singles=4, batches=1, rounds=3, warmup=12
-)
-QUICK = Plan(Workload(64, 64, 2), (1, 2), {1: 2, 2: 4}, singles=1, batches=1, rounds=1, warmup=2)
+FULL = Plan(Workload(128, 128, 8), {1: 8, 4: 16, 16: 48}, singles=4, batches=1, rounds=3, warmup=12)
+QUICK = Plan(Workload(64, 64, 2), {1: 2, 2: 4}, singles=1, batches=1, rounds=1, warmup=2)
 
 
 def machine(settings: Settings) -> dict[str, str]:
@@ -94,10 +91,11 @@ CHECKS = {BATCHING_ON: _check_image, BATCHING_OFF: _check_image, BASELINE: _chec
 
 def start_servers(batch: int, log_dir: Path, results: Results) -> dict[str, Server]:
     """Start the three servers one after another, so each cold start has the machine to itself."""
+    open_api = {"GENSERVE_API_KEYS": "", "GENSERVE_API_KEYS_FILE": ""}  # whatever the shell has set
     commands = {
-        BATCHING_ON: (bentoml_command(), {"GENSERVE_IMAGE_MAX_BATCH_SIZE": str(batch)}),
-        BATCHING_OFF: (bentoml_command(), {"GENSERVE_IMAGE_MAX_BATCH_SIZE": "1"}),
-        BASELINE: (baseline_command(), {}),
+        BATCHING_ON: (serve_command, {**open_api, "GENSERVE_IMAGE_MAX_BATCH_SIZE": str(batch)}),
+        BATCHING_OFF: (serve_command, {**open_api, "GENSERVE_IMAGE_MAX_BATCH_SIZE": "1"}),
+        BASELINE: (baseline_command, {}),
     }
     servers: dict[str, Server] = {}
     try:
@@ -121,7 +119,7 @@ def _same_image(servers: dict[str, Server], in_process: InProcess) -> None:
         if error := CHECKS[name](response):
             raise RuntimeError(f"{name} failed its first request: {error}")
         data = response.content if name != BASELINE else base64.b64decode(response.json()["image"])
-        pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+        pixels = np.asarray(decode_image(data).convert("RGB")).astype(int)
         if pixels.shape != expected.shape or np.abs(pixels - expected).max() > 1:
             raise RuntimeError(f"{name} made a different image than the pipeline in process")
 
@@ -131,7 +129,7 @@ def _load(
 ) -> None:
     cpu = server.cpu_seconds()
     result = run_load(f"{server.url}/txt2img", body, clients, requests, CHECKS[name])
-    results.add_load(name, result, server.cpu_seconds() - cpu)
+    results.add_load(name, replace(result, cpu_s=server.cpu_seconds() - cpu))
 
 
 def _in_process(results: Results, in_process: InProcess, plan: Plan) -> None:
@@ -151,11 +149,12 @@ def measure(plan: Plan, servers: dict[str, Server], results: Results) -> None:
     for name, server in servers.items():
         # BentoML's batching dispatcher trains on its first ~11 batches, one request at a time.
         run_load(f"{server.url}/txt2img", workload.body, 1, plan.warmup, CHECKS[name])
-        run_load(f"{server.url}/txt2img", workload.body, max(plan.clients), max(plan.clients), CHECKS[name])
+        burst = max(plan.requests)
+        run_load(f"{server.url}/txt2img", workload.body, burst, burst, CHECKS[name])
     for round_index in range(plan.rounds):
         print(f"round {round_index + 1}/{plan.rounds}", flush=True)
         for name, server in servers.items():
-            for clients in plan.clients:
+            for clients in plan.requests:
                 # The in-process limit is short to measure: a slice before every served run
                 # samples the machine's state as often as the served runs do.
                 _in_process(results, in_process, plan)
@@ -166,7 +165,11 @@ def run(plan: Plan, out: Path) -> Results:
     settings = Settings.from_env()
     batch, workers = settings.image_max_batch_size, settings.image_workers
     results = Results(
-        machine=machine(settings), workload=plan.workload, batch=batch, workers=workers, clients=plan.clients
+        machine=machine(settings),
+        workload=plan.workload,
+        batch=batch,
+        workers=workers,
+        clients=tuple(plan.requests),
     )
     subprocess.run(
         [sys.executable, "models/import_models.py", "--image", "tiny", "--video", "tiny"],
@@ -203,10 +206,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, help="denoising steps instead of the plan's")
     args = parser.parse_args(argv)
     if args.preset == "sd35-large":
+        if args.quick or args.size or args.steps:
+            parser.error("--quick, --size and --steps apply to the tiny preset only")
         from bench.gpu import main as gpu_main
 
         gpu_main(args.out)
         return
+    # What the report says it measured, whatever the shell has set; the servers inherit it.
+    os.environ.update(GENSERVE_IMAGE_PRESET="tiny", GENSERVE_VIDEO_PRESET="tiny")
     args.out.mkdir(parents=True, exist_ok=True)
     plan = QUICK if args.quick else FULL
     size = args.size or plan.workload.width

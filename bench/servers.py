@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,11 +50,9 @@ def _role(process: psutil.Process, root_pid: int) -> str:
 class Server:
     """A server process tree we started, ready on `url`."""
 
-    name: str
     url: str
     process: subprocess.Popen
     cold_start_s: float
-    log: Path
 
     def peak_rss(self) -> dict[str, int]:
         """Peak RSS of each process of the tree, by role."""
@@ -82,18 +81,16 @@ class Server:
         stop_process_tree(self.process, grace_s=30)
 
 
-def start(name: str, command: list[str], env: dict[str, str], log_dir: Path) -> Server:
-    """Run `command` (which must listen on the port given by {port}) and time it to /readyz 200."""
+def start(name: str, command: Callable[[int], list[str]], env: dict[str, str], log_dir: Path) -> Server:
+    """Run `command(port)` on a free port and time it from its start to /readyz 200."""
     port = free_port()
     log = log_dir / f"{name}.log"
     env = {"BENTOML_HOME": str(private_bentoml_home(log_dir / name)), **env}
-    argv = [part.format(port=port) for part in command]
     started = time.perf_counter()
-    process = start_process(argv, log, ROOT, env)
-    url = f"http://127.0.0.1:{port}"
-    server = Server(name=name, url=url, process=process, cold_start_s=0.0, log=log)
+    process = start_process(command(port), log, ROOT, env)
+    server = Server(url=f"http://127.0.0.1:{port}", process=process, cold_start_s=0.0)
     try:
-        wait_until_ready(url, process.poll, timeout_s=READY_TIMEOUT_S, poll_s=POLL_S, log=log)
+        wait_until_ready(server.url, process.poll, timeout_s=READY_TIMEOUT_S, poll_s=POLL_S, log=log)
     except BaseException:
         server.stop()
         raise
@@ -101,9 +98,5 @@ def start(name: str, command: list[str], env: dict[str, str], log_dir: Path) -> 
     return server
 
 
-def bentoml_command() -> list[str]:
-    return [sys.executable, "-m", "bentoml", "serve", "service.py", "--host", "127.0.0.1", "--port", "{port}"]
-
-
-def baseline_command() -> list[str]:
-    return [sys.executable, "-m", "bench.baseline_server", "--port", "{port}"]
+def baseline_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "bench.baseline_server", "--port", str(port)]

@@ -7,6 +7,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -23,6 +24,11 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def serve_command(port: int) -> list[str]:
+    """`bentoml serve service.py` on loopback `port`, as `make serve` runs it (from the repository root)."""
+    return [sys.executable, "-m", "bentoml", "serve", "service.py", "--host=127.0.0.1", f"--port={port}"]
 
 
 def private_bentoml_home(directory: Path) -> Path:

@@ -14,7 +14,14 @@ import pytest
 
 # Tests import free_port, stop, wait_ready and descendants from here.
 from genserve.processes import descendants as descendants
-from genserve.processes import free_port, log_tail, private_bentoml_home, start_process, wait_until_ready
+from genserve.processes import (
+    free_port,
+    log_tail,
+    private_bentoml_home,
+    serve_command,
+    start_process,
+    wait_until_ready,
+)
 from genserve.processes import stop_process_tree as stop
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,8 +74,7 @@ def running_server(log_dir: Path, **env: str) -> Iterator[tuple[str, subprocess.
     env = {"BENTOML_HOME": str(private_bentoml_home(log_dir)), **env}
     port = free_port()
     log = log_dir / f"serve-{port}.log"
-    command = [sys.executable, "-m", "bentoml", "serve", "service.py", "--host", "127.0.0.1"]
-    process = start_process([*command, "--port", str(port)], log, ROOT, env)
+    process = start_process(serve_command(port), log, ROOT, env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process)

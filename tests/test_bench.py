@@ -100,6 +100,7 @@ def test_quick_bench_measures_everything_and_writes_the_report(tiny_models, tmp_
         timeout=600,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert " requests to " not in run.stdout, run.stdout  # bench/load.py's line for failed requests
     report = (tmp_path / "performance.md").read_text()
     assert run.stdout.count("| serving efficiency") == report.count("| serving efficiency") == 1
     for server in SERVERS:
@@ -121,6 +122,33 @@ def test_gpu_measurements_run_genserve_generation_on_any_pipeline(image_pipe, vi
     )
     rows = [measure_image(image_pipe, image_preset), measure_video(video_pipe, video_preset)]
     for row in rows:
-        assert row["batch"] == 2 and row["latency_s"] > 0 and row["batch_s"] > 0
+        assert row["latency_s"] > 0 and row["batch_s"] > 0 and row["batching_gain"] > 0
     report = markdown(rows, "CPU")
     assert report.count("| tiny architecture") == 2
+
+
+def test_ratios_are_computed_as_bench_readme_defines_them() -> None:
+    """Served numbers against in process, with two image workers: each worker is a pipeline."""
+    from bench.load import LoadResult
+    from bench.report import BASELINE, BATCHING_OFF, BATCHING_ON, Results
+    from bench.workload import Workload
+
+    results = Results({}, Workload(64, 64, 2), batch=8, workers=2, clients=(1, 16))
+    results.single_s = [0.1, 0.1, 0.1]  # in process: 10 img/s one at a time, p50 100 ms
+    results.batch_s = [0.4]  # 20 img/s in a batch of 8: a gain of 2
+    results.bare_load_s, results.cold_start_s = 4.0, {BATCHING_ON: 5.0}
+    served = {BATCHING_ON: (0.105, 36.0), BATCHING_OFF: (0.1, 18.0), BASELINE: (0.1, 9.0)}  # p50, img/s
+    for server, (p50, throughput) in served.items():
+        results.add_load(server, LoadResult(1, (p50,) * 3, 0, 1.0))
+        results.add_load(server, LoadResult(16, (1.0,) * int(throughput), 0, 1.0))
+    ratios = {ratio.name.split(":")[0]: ratio for ratio in results.ratios()}
+    expected = {
+        "serving efficiency": (36 / (2 * 20), True),
+        "batching gain": (2.0, True),
+        "speed-up over the baseline": (4.0, True),
+        "single-request overhead": (1.05, True),
+        "cold start": (1.25, True),
+    }
+    assert {name: (pytest.approx(r.value), r.met) for name, r in ratios.items()} == expected
+    results.add_load(BATCHING_ON, LoadResult(16, (1.0,) * 30, 0, 1.0))  # now 33 img/s: efficiency 0.825
+    assert not next(r for r in results.ratios() if r.name.startswith("serving efficiency")).met
