@@ -157,6 +157,7 @@ def test_compose_runs_one_gpu_host_without_inlined_secrets() -> None:
     service = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["genserve"]
     env = dict(item.partition("=")[::2] for item in service["environment"])
     assert env["HF_TOKEN"] == ""  # passed through from the host, never a value here
+    assert service["init"] is True  # as scripts/image_test.py runs the image: SIGTERM drains
     assert env["GENSERVE_API_KEYS_FILE"] == f"/run/secrets/{service['secrets'][0]}"
     assert env["GENSERVE_IMAGE_GPUS"] == env["GENSERVE_VIDEO_GPUS"] == "0.5"  # both on the one GPU
     [device] = service["deploy"]["resources"]["reservations"]["devices"]

@@ -181,6 +181,14 @@ def test_cpu_overlay_needs_no_gpu_and_no_shared_storage() -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_image_is_tagged_and_from_one_registry(overlay) -> None:
+    """An untagged image would be pulled as `latest` from Docker Hub."""
+    images = {c["image"] for d in objects(overlay, "Deployment").values() for c in containers(d)}
+    assert images and all(":" in image.rsplit("/", 1)[-1] for image in images), images
+    assert len({image.rpartition("/")[0] for image in images}) == 1, images
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_probes_cover_the_model_load(overlay) -> None:
     for name, deployment in api_deployments(overlay).items():
         [container] = pod(deployment)["containers"]
