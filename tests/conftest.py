@@ -29,6 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # A private BentoML home, set before anything imports bentoml, so tests never touch the
 # user's model store and always start from a fresh one.
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="genserve-test-bentoml-")
+# The servers under test run with genserve's defaults, whatever the shell exported for `make serve`
+# (API keys would make every request a 401; a preset would disagree with the `settings` fixture).
+for name in [name for name in os.environ if name.startswith("GENSERVE_")]:
+    del os.environ[name]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 

@@ -108,6 +108,7 @@ def job_status(server: str, task_id: str) -> str:
 @pytest.mark.slow
 def test_every_accepted_job_completes(server, accepted_jobs) -> None:
     """An accepted job is a promise, like a 200: it must not fail later (nor outlive this module)."""
+    assert accepted_jobs, "no valid /txt2vid/submit was accepted"
     deadline = time.monotonic() + TIMEOUT_S
     for task_id in accepted_jobs:
         while (status := job_status(server, task_id)) == "in_progress":

@@ -4,7 +4,6 @@ none hangs, every round serves some, and memory does not grow from round to roun
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -29,12 +28,9 @@ MAX_GROWTH_BYTES = 100 * 2**20
 
 @pytest.fixture(scope="module")
 def small_queue(tiny_models, tmp_path_factory):
-    """A server of its own, with a BentoML home of its own (sharing the model store): BentoML wipes
-    its home's task database and metrics directory at start, which would break the shared server."""
-    home = tmp_path_factory.mktemp("overload-home")
-    (home / "models").symlink_to(Path(os.environ["BENTOML_HOME"]) / "models")
+    """A server of its own (running_server gives it a BentoML home of its own): a small queue."""
     env = {"GENSERVE_IMAGE_MAX_QUEUE": str(QUEUE), "GENSERVE_IMAGE_MAX_BATCH_SIZE": "2"}
-    with running_server(tmp_path_factory.mktemp("overload"), BENTOML_HOME=str(home), **env) as served:
+    with running_server(tmp_path_factory.mktemp("overload"), **env) as served:
         yield served
 
 

@@ -27,10 +27,6 @@ def png_of(color: tuple[int, int, int], width: int = 80, height: int = 64) -> by
     return encode_image(np.full((height, width, 3), color, np.uint8), "png")
 
 
-def error_fields(response: httpx.Response) -> list[str]:
-    return [".".join(str(part) for part in item["loc"]) for item in response.json().get("detail", [])]
-
-
 def batch_sizes(url: str) -> dict[str, float]:
     """Count and sum of the image generator's adaptive batch-size histogram."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
@@ -58,6 +54,8 @@ def test_txt2img_without_seed_reports_the_one_used(server) -> None:
     seed = int(first.headers["x-seed"])
     again = post_image(server, prompt="a calm ocean", seed=seed)
     assert again.content == first.content
+    other = post_image(server, prompt="a calm ocean")  # another random seed, another image
+    assert other.headers["x-seed"] != first.headers["x-seed"] and other.content != first.content
 
 
 def test_served_image_equals_in_process_result(server, image_pipe, settings) -> None:
@@ -135,12 +133,6 @@ def test_txt2vid_job_round_trip(server, settings) -> None:
     assert frames.shape == (3, settings.video_preset.height, settings.video_preset.width, 3)
 
 
-def test_bad_txt2vid_submission_is_refused_at_submit(server) -> None:
-    response = httpx.post(f"{server}/txt2vid/submit", json={"prompt": "a cat", "num_frames": 1000})
-    assert response.status_code == 400
-    assert error_fields(response) == ["num_frames"]
-
-
 def test_bentoml_sync_client_generates_image_and_video(server, tmp_path) -> None:
     with bentoml.SyncHTTPClient(server, timeout=TIMEOUT) as client:
         image_path = client.txt2img(prompt="a neon city", width=64, height=96, seed=3)
@@ -188,49 +180,3 @@ def test_health_and_metrics(server) -> None:
         "bentoml_service_adaptive_batch_size_bucket",
     ):
         assert name in metrics
-
-
-@pytest.mark.parametrize(
-    ("fields", "named"),
-    [
-        ({"prompt": "a cat", "width": 100}, ["width"]),
-        ({"prompt": "a cat", "height": 4096}, ["height"]),
-        ({"prompt": "a cat", "num_inference_steps": 0}, ["num_inference_steps"]),
-        ({"prompt": "a cat", "guidance_scale": "lots"}, ["guidance_scale"]),
-        ({"prompt": "a cat", "output_format": "bmp"}, ["output_format"]),
-        ({"prompt": "a cat", "seed": -3}, ["seed"]),
-        ({"prompt": "a cat", "colour": "red"}, ["colour"]),
-        ({"prompt": ""}, ["prompt"]),
-        ({}, ["prompt"]),
-    ],
-)
-def test_bad_txt2img_is_a_400_naming_the_field(server, fields, named) -> None:
-    response = post_image(server, **fields)
-    assert response.status_code == 400
-    assert error_fields(response) == named
-
-
-@pytest.mark.parametrize(
-    ("upload", "data", "named"),
-    [
-        (("notes.txt", b"not an image", "text/plain"), {}, "image"),
-        (("cut.png", png_of((1, 2, 3))[:60], "image/png"), {}, "image"),
-        (("dot.png", png_of((1, 2, 3), 1, 1), "image/png"), {}, "image"),
-        (("ok.png", png_of((1, 2, 3)), "image/png"), {"num_frames": "1"}, "num_frames"),
-        (("ok.png", png_of((1, 2, 3)), "image/png"), {"output_format": "avi"}, "output_format"),
-        (("ok.png", png_of((1, 2, 3)), "image/png"), {"speed": "fast"}, "speed"),
-    ],
-)
-def test_bad_img2vid_is_a_4xx_naming_the_field(server, upload, data, named) -> None:
-    response = httpx.post(f"{server}/img2vid", files={"image": upload}, data=data, timeout=TIMEOUT)
-    assert 400 <= response.status_code < 500
-    assert named in error_fields(response)
-
-
-def test_service_stays_healthy_after_bad_input(server) -> None:
-    httpx.post(f"{server}/txt2img", content=b"{not json", headers={"content-type": "application/json"})
-    httpx.post(
-        f"{server}/img2vid", files={"image": ("x.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "image/png")}
-    )
-    assert httpx.get(f"{server}/readyz").status_code == 200
-    assert post_image(server, prompt="a calm cat", seed=1).status_code == 200

@@ -24,11 +24,19 @@ def cancellations(tmp_path) -> Cancellations:
 def test_cancellations_are_shared_by_the_workers_of_a_generator(tmp_path) -> None:
     """A cancel call lands on any worker; the one running the request must see it."""
     worker_a, worker_b = (Cancellations(tmp_path / "shared", keep_s=60) for _ in range(2))
-    elsewhere = Cancellations(tmp_path / "another-server", keep_s=60)
     ids = [queued(i).request_id for i in range(2)]
     worker_a.add(ids[:1])
     assert ids[0] in worker_b and ids[0] in worker_a
-    assert ids[1] not in worker_b and ids[0] not in elsewhere
+    assert ids[1] not in worker_b
+
+
+def test_each_generator_of_each_server_has_its_own_cancellations() -> None:
+    """Shared by the workers of one service under one BentoML server (their parent), no wider."""
+    images, videos = (
+        Cancellations.of_service(name, keep_s=60) for name in ("ImageGenerator", "VideoGenerator")
+    )
+    assert images.directory != videos.directory
+    assert images.directory.parent.name == f"genserve-{os.getppid()}"
 
 
 def test_cancellations_expire_and_only_request_ids_are_kept(tmp_path) -> None:
