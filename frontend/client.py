@@ -2,7 +2,7 @@
 
 The UI runs as its own process (or Deployment), so it knows the API only by URL and key
 (GENSERVE_URL, GENSERVE_API_KEY). Files come back from the SDK as paths; they are read into
-memory at once because the SDK deletes its temporary folder with the client.
+memory and removed at once, since a session's client lives as long as the session.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import httpx
 from bentoml.exceptions import BentoMLException
 
 from genserve.cli import CONNECT_TIMEOUT_S, POLL_INTERVAL_S
+from genserve.media import take_file
 from genserve.settings import DEFAULT_TIMEOUT_S, api_key, api_url
 
 #: Task states in which a text-to-video job is still worth waiting for.
@@ -130,14 +131,14 @@ class GenServe:
         return schema["minimum"], schema["maximum"]
 
     def txt2img(self, **fields: Any) -> bytes:
-        return self.sdk.txt2img(**fields).read_bytes()
+        return take_file(self.sdk.txt2img(**fields))
 
     def img2vid(self, image: bytes, filename: str, **fields: Any) -> bytes:
         """The SDK uploads files from paths, so the image is written to one under its own name."""
         with tempfile.TemporaryDirectory(prefix="genserve-ui-") as folder:
             path = Path(folder) / Path(filename).name
             path.write_bytes(image)
-            return self.sdk.img2vid(image=path, **fields).read_bytes()
+            return take_file(self.sdk.img2vid(image=path, **fields))
 
     def txt2vid(self, job: Job, on_status: Callable[[str, float], None]) -> bytes:
         """Submit the job (or go on waiting for it, after a page rerun), report its status while it
@@ -159,4 +160,4 @@ class GenServe:
             if status == "canceled":
                 raise UIError(f"Job {job.task_id} was canceled on the server.")
             # A failed job's result is the server's error, which the SDK raises.
-            return (await sdk.txt2vid.get(job.task_id)).read_bytes()
+            return take_file(await sdk.txt2vid.get(job.task_id))

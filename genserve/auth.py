@@ -60,11 +60,16 @@ class KeyRing:
         return matched
 
 
+def parse_bearer(authorization: str) -> str | None:
+    """The key of an `Authorization: Bearer <key>` value (HTTP header or gRPC metadata)."""
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
 def bearer_token(scope: Scope) -> str | None:
     for name, value in scope.get("headers", []):
         if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() if scheme.lower() == "bearer" else None
+            return parse_bearer(value.decode("latin-1"))
     return None
 
 

@@ -41,7 +41,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_tools import protoc
 
-from genserve.media import VIDEO_FORMATS
+from genserve.auth import parse_bearer
+from genserve.media import VIDEO_FORMATS, take_file
 from genserve.schemas import TextToVideoRequest, VideoRequest, random_seed
 from genserve.settings import DEFAULT_TIMEOUT_S, _positive_int, api_url
 
@@ -112,8 +113,7 @@ def api_key(context: grpc.aio.ServicerContext) -> str | None:
     """The key from `authorization: Bearer <key>` metadata, as the HTTP API takes it."""
     for name, value in context.invocation_metadata() or ():
         if name == "authorization" and isinstance(value, str):
-            scheme, _, key = value.partition(" ")
-            return key.strip() if scheme.lower() == "bearer" else None
+            return parse_bearer(value)
     return None
 
 
@@ -159,11 +159,8 @@ async def set_up(client: bentoml.AsyncHTTPClient, context: grpc.aio.ServicerCont
 
 
 async def read_result(path: Path) -> bytes:
-    """The file the SDK saved a result to, removed once read: the gateway runs for long."""
-    try:
-        return await asyncio.to_thread(path.read_bytes)
-    finally:
-        path.unlink(missing_ok=True)
+    """The file the SDK saved a result to, removed once read (off the event loop)."""
+    return await asyncio.to_thread(take_file, path)
 
 
 class Gateway:

@@ -57,6 +57,15 @@ def encode_image(image: np.ndarray, fmt: str) -> bytes:
     return buf.getvalue()
 
 
+def take_file(path: Path) -> bytes:
+    """A result file the BentoML client SDK saved, read and removed: its clients live long (the
+    gRPC gateway, a UI session) and the SDK removes its folder only with the client."""
+    try:
+        return path.read_bytes()
+    finally:
+        path.unlink(missing_ok=True)
+
+
 def decode_image(data: bytes) -> Image.Image:
     """Open encoded bytes lazily, so animated files can be walked with seek()."""
     return Image.open(io.BytesIO(data))

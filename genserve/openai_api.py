@@ -141,10 +141,14 @@ async def generations(request: Request) -> JSONResponse:
     if size is None:
         message = f"Invalid value for 'size': '{params.size}'; use 'WIDTHxHEIGHT' (e.g. '64x64') or 'auto'."
         return openai_error(400, message, "size", "invalid_value")
+    n, queue = params.n or 1, bentoml.get_current_service().image_queue.limit
+    if n > queue:  # never admitted: a 429 would ask to retry for ever
+        message = f"Invalid value for 'n': at most {queue} on this server."
+        return openai_error(400, message, "n", "invalid_value")
     fmt = params.output_format or "png"
     try:
         # Each request validates to its own random seed: n different images.
-        images = [ImageRequest(prompt=params.prompt, output_format=fmt, **size) for _ in range(params.n or 1)]
+        images = [ImageRequest(prompt=params.prompt, output_format=fmt, **size) for _ in range(n)]
     except ValidationError as error:
         return invalid_request(error)
     outcomes = await generate(images, request)

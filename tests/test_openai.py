@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from conftest import running_server
 from decoding import read_image
 from test_auth import ENV_KEYS, keyed  # noqa: F401  # a fixture: the served API with API keys
 
@@ -103,3 +104,14 @@ def test_the_api_key_is_the_bearer_token(keyed) -> None:  # noqa: F811  # the fi
         openai_client(url, "wrong-key").images.generate(prompt="a cat")
     assert raised.value.code == "invalid_api_key"  # OpenAI's error object, parsed by its client
     assert raised.value.message.endswith("invalid API key: send 'Authorization: Bearer <key>'")
+
+
+@pytest.mark.slow
+def test_n_beyond_the_image_queue_is_a_400_not_a_429_for_ever(tiny_models, tmp_path) -> None:
+    """A call's n images enter the generator's queue together: more than it holds never would."""
+    with running_server(tmp_path, GENSERVE_IMAGE_MAX_QUEUE="2") as (url, _):
+        client = openai_client(url, "unused")
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.images.generate(prompt="a cat", n=3)
+        assert (raised.value.code, raised.value.param) == ("invalid_value", "n")
+        assert len(client.images.generate(prompt="a cat", n=2).data) == 2
