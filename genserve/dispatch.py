@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sys
 import time
 from typing import Any
 
+import aiohttp
 from bentoml.exceptions import BentoMLException
 from starlette.requests import Request
 
@@ -24,6 +26,15 @@ logger = logging.getLogger(__name__)
 #: What a refused client is told to wait (Retry-After): about one batch of work.
 RETRY_AFTER_S = 5
 DISCONNECT_POLL_S = 0.5
+#: How long an idle connection to a generator is reused: less than the generators' uvicorn
+#: keep-alive (5 s, `bentoml serve` gives its dependency workers no other), see below.
+POOL_KEEPALIVE_S = 3
+#: A generator's `runner_connection` setting: its callers keep one connection pool for good.
+#: BentoML's client otherwise renews its session every 100 calls and every 5 minutes and closes
+#: the old one while calls still use it (`_bentoml_impl/client/proxy2.py`,
+#: `SessionManager.get_session`): under concurrent load those calls failed (503 here, 6-23 of
+#: 216 requests in bench runs). The generators are local processes: nothing to renew.
+KEEP_CONNECTION_POOL = {"max_requests": sys.maxsize, "max_age": math.inf}
 
 
 class Admission:
@@ -94,7 +105,7 @@ async def _call_once(generator: Any, queued: list[Queued], request: Request | No
     def everyone(outcome: Outcome) -> list[Outcome]:
         return [outcome] * len(queued)
 
-    _keep_connection_pool(generator)
+    _tune_connection_pool(generator)
     work = asyncio.ensure_future(generator.to_async.generate(queued))
     try:
         if request is not None:
@@ -120,17 +131,27 @@ async def _call_once(generator: Any, queued: list[Queued], request: Request | No
         return everyone(Outcome(status=503, error=stopped))
 
 
-def _keep_connection_pool(generator: Any) -> None:
-    """Stop BentoML renewing the client's connection pool under running calls.
+def _tune_connection_pool(generator: Any) -> None:
+    """Reuse only connections the generator keeps open.
 
-    BentoML 1.4's client renews its aiohttp session every 100 calls and every 5 minutes and
-    closes the old one while calls still use it (`_bentoml_impl/client/proxy2.py`,
-    `SessionManager.get_session`): under concurrent load those calls fail (503 here, 6-23 of 216
-    requests in bench runs). The generators are local processes: one pool for good is right.
+    BentoML starts generators with uvicorn's keep-alive of 5 s, and its client keeps idle
+    connections for aiohttp's 15 s: a request sent on a connection idle for about 5 s can meet
+    the generator closing it ("Can not write request body", a 503 here; upstream issue #4971).
+    The pool of the client (one for good: `KEEP_CONNECTION_POOL`) drops them sooner.
     """
     manager = getattr(generator.to_async, "_session_manager", None)  # private: BentoML is pinned
-    if manager is not None:
-        manager.max_requests = manager.max_age = math.inf
+    if manager is None or getattr(manager, "tuned", False):
+        return
+
+    def tuned(session: aiohttp.ClientSession) -> aiohttp.ClientSession:
+        session.connector._keepalive_timeout = POOL_KEEPALIVE_S  # aiohttp has no setter
+        return session
+
+    if manager._session is not None:
+        tuned(manager._session)
+    make_session = manager._make_client
+    manager._make_client = lambda: tuned(make_session())
+    manager.tuned = True
 
 
 async def _until_done_or_disconnected(work: asyncio.Future, request: Request) -> None:
