@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -27,7 +28,7 @@ from starlette.responses import Response
 
 from genserve.auth import BearerAuth, KeyRing
 from genserve.batching import batch_greedily
-from genserve.dispatch import RETRY_AFTER_S, Admission, dispatch
+from genserve.dispatch import KEEP_CONNECTION_POOL, RETRY_AFTER_S, Admission, dispatch
 from genserve.http import (
     BodyLimit,
     CatchErrors,
@@ -84,11 +85,22 @@ class Generator:
     """What both generators share: the pipeline loaded in the background, readiness, cancellation."""
 
     def __init__(self, kind: str, load: Callable[[], Any]) -> None:
+        self.kind = kind
         self.pipe = BackgroundLoad(f"{kind} pipeline", load)
         self.cancelled = Cancellations.of_service(type(self).__name__, keep_s=settings.request_timeout_s)
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"generate-{kind}")
 
     def __is_ready__(self) -> bool:
         return self.pipe.ready
+
+    async def run_in_thread(self, batch: list[Queued], generate: Callable, preset: Any) -> list[Outcome]:
+        """Generate `batch` in this generator's thread. Handed over at once, not through another
+        queue, so a batch starts the moment the dispatcher takes it (`genserve/batching.py`)."""
+
+        def work() -> list[Outcome]:
+            return run_batch(self.kind, batch, partial(generate, self.pipe.get(), preset), self.cancelled)
+
+        return await asyncio.get_running_loop().run_in_executor(self.thread, work)
 
     @bentoml.api
     async def cancel(self, request_ids: list[str]) -> None:
@@ -102,6 +114,7 @@ def generator_service(workers: int, gpus: float) -> dict:
         "workers": workers,
         "resources": settings.generator_resources(gpus),
         "traffic": {"timeout": settings.request_timeout_s + TIMEOUT_GRACE_S},
+        "runner_connection": KEEP_CONNECTION_POOL,
     }
 
 
@@ -113,11 +126,10 @@ class ImageGenerator(Generator):
         super().__init__("image", lambda: warmed_image_pipeline(settings))
 
     @bentoml.api(**settings.batching(settings.image_max_batch_size, settings.image_max_latency_ms))
-    def generate(self, batch: list[Queued[ImageRequest]]) -> list[Outcome]:
+    async def generate(self, batch: list[Queued[ImageRequest]]) -> list[Outcome]:
         from genserve.generation import generate_images  # torch: in the generator processes only
 
-        pipe, preset = self.pipe.get(), settings.image_preset
-        return run_batch("image", batch, partial(generate_images, pipe, preset), self.cancelled)
+        return await self.run_in_thread(batch, generate_images, settings.image_preset)
 
 
 @bentoml.service(**generator_service(settings.video_workers, settings.video_gpus))
@@ -128,11 +140,10 @@ class VideoGenerator(Generator):
         super().__init__("video", lambda: warmed_video_pipeline(settings))
 
     @bentoml.api(**settings.batching(settings.video_max_batch_size, settings.video_max_latency_ms))
-    def generate(self, batch: list[Queued[VideoJob]]) -> list[Outcome]:
+    async def generate(self, batch: list[Queued[VideoJob]]) -> list[Outcome]:
         from genserve.generation import generate_videos
 
-        pipe, preset = self.pipe.get(), settings.video_preset
-        return run_batch("video", batch, partial(generate_videos, pipe, preset), self.cancelled)
+        return await self.run_in_thread(batch, generate_videos, settings.video_preset)
 
 
 MODELS_INFO = {
