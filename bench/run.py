@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import platform
 import subprocess
@@ -23,7 +24,7 @@ import httpx
 import numpy as np
 
 from bench.inprocess import InProcess, measure_bare_load
-from bench.load import TIMEOUT_S, run_load
+from bench.load import TIMEOUT_S, Answer, run_load
 from bench.report import BASELINE, BATCHING_OFF, BATCHING_ON, Results, markdown, plot
 from bench.servers import ROOT, Server, baseline_command, start
 from bench.workload import Workload
@@ -74,15 +75,15 @@ def machine(settings: Settings) -> dict[str, str]:
     }
 
 
-def _check_image(response: httpx.Response) -> str | None:
-    if response.status_code != 200 or response.headers["content-type"] != "image/png":
-        return f"{response.status_code} {response.text[:300]}"
+def _check_image(answer: Answer) -> str | None:
+    if answer.status != 200 or answer.content_type != "image/png":
+        return f"{answer.status} {answer.body[:300]!r}"
     return None
 
 
-def _check_baseline(response: httpx.Response) -> str | None:
-    if response.status_code != 200 or not response.json().get("image"):
-        return f"{response.status_code} {response.text[:300]}"
+def _check_baseline(answer: Answer) -> str | None:
+    if answer.status != 200 or not json.loads(answer.body).get("image"):
+        return f"{answer.status} {answer.body[:300]!r}"
     return None
 
 
@@ -116,7 +117,8 @@ def _same_image(servers: dict[str, Server], in_process: InProcess) -> None:
     expected = in_process.images(range(1))[0].astype(int)
     for name, server in servers.items():
         response = httpx.post(f"{server.url}/txt2img", json=body, timeout=TIMEOUT_S)
-        if error := CHECKS[name](response):
+        content_type = response.headers.get("content-type", "").split(";")[0]
+        if error := CHECKS[name](Answer(response.status_code, content_type, response.content)):
             raise RuntimeError(f"{name} failed its first request: {error}")
         data = response.content if name != BASELINE else base64.b64decode(response.json()["image"])
         pixels = np.asarray(decode_image(data).convert("RGB")).astype(int)
