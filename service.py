@@ -58,6 +58,7 @@ from genserve.workers import (
     Cancellations,
     Outcome,
     Queued,
+    label_answers_json,
     run_batch,
     warmed_image_pipeline,
     warmed_video_pipeline,
@@ -115,6 +116,8 @@ def generator_service(workers: int, gpus: float) -> dict:
         "resources": settings.generator_resources(gpus),
         "traffic": {"timeout": settings.request_timeout_s + TIMEOUT_GRACE_S},
         "runner_connection": KEEP_CONNECTION_POOL,
+        # GenServe's access log has a line for every request: the generators' doubled it, and its cost.
+        "logging": {"access": {"enabled": False}},
     }
 
 
@@ -145,6 +148,9 @@ class VideoGenerator(Generator):
 
         return await self.run_in_thread(batch, generate_videos, settings.video_preset)
 
+
+for generator in (ImageGenerator, VideoGenerator):
+    label_answers_json(generator)
 
 MODELS_INFO = {
     "image": {**asdict(settings.image_preset), "source": settings.image_source},

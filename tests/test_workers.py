@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from bentoml.exceptions import ServiceUnavailable
+from conftest import ROOT
 
 from genserve.generation import generate_images
 from genserve.schemas import image_request_model
@@ -153,3 +156,27 @@ def test_pipeline_call_is_abandoned_between_steps(image_pipe, settings, cancella
     [outcome] = run_batch("image", batch, generate, cancelled)
     assert outcome.status == 499 and outcome.value is None
     assert steps == 3  # stopped at the step after the cancellation, not after 40 steps
+
+
+# Run in a process of its own: importing service.py sets BentoML's global configuration.
+CHECK_LABELS = """
+import service
+
+for generator in (service.ImageGenerator, service.VideoGenerator):
+    spec = generator.apis["generate"].output_spec
+
+    class Unlabelled(spec):
+        media_type = None
+
+    print(generator.name, spec.media_type, Unlabelled.mime_type())
+"""
+
+
+def test_generators_label_their_answers_as_bentoml_would() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", CHECK_LABELS], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line.split() for line in result.stdout.splitlines()[-2:]]
+    assert [name for name, _, _ in lines] == ["ImageGenerator", "VideoGenerator"]
+    assert all(label == worked_out == "application/json" for _, label, worked_out in lines)
