@@ -47,7 +47,7 @@ class Plan:
 
 # 128×128 at 8 steps: ~0.1 s per image on 2 cores, so a few ms of serving per request is
 # measurable without drowning the work, and a batch of 8 still gains ~2× (bench/README.md).
-FULL = Plan(Workload(128, 128, 8), {1: 8, 4: 16, 16: 48}, singles=4, batches=1, rounds=3, warmup=12)
+FULL = Plan(Workload(128, 128, 8), {1: 12, 4: 16, 16: 96}, singles=4, batches=1, rounds=3, warmup=12)
 QUICK = Plan(Workload(64, 64, 2), {1: 2, 2: 4}, singles=1, batches=1, rounds=1, warmup=2)
 
 
