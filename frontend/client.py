@@ -8,7 +8,6 @@ memory and removed at once, since a session's client lives as long as the sessio
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import tempfile
 import time
@@ -21,12 +20,10 @@ import bentoml
 import httpx
 from bentoml.exceptions import BentoMLException
 
-from genserve.cli import CONNECT_TIMEOUT_S, POLL_INTERVAL_S
+from genserve.cli import CONNECT_TIMEOUT_S
+from genserve.http import JOB_POLL_INTERVAL_S, JOB_RUNNING, parse_error
 from genserve.media import take_file
 from genserve.settings import DEFAULT_TIMEOUT_S, api_key, api_url
-
-#: Task states in which a text-to-video job is still worth waiting for.
-RUNNING = ("pending", "in_progress")
 
 
 @dataclass(frozen=True)
@@ -65,17 +62,6 @@ class Job:
     task_id: str | None = None  # set once submitted
 
 
-def _error_body(error: BentoMLException) -> dict[str, Any]:
-    """The server's JSON error inside the SDK's exception text (which may prefix it)."""
-    text = str(error)
-    start = text.find("{")
-    try:
-        body = json.loads(text[start:]) if start >= 0 else None
-    except ValueError:
-        body = None
-    return body if isinstance(body, dict) else {"error": text.strip() or "no details"}
-
-
 def explain(error: BentoMLException | httpx.HTTPError | UIError, url: str, labels: Mapping[str, str]) -> str:
     """One message for any failure of a call, naming the fields the server named (by their UI label)."""
     if isinstance(error, UIError):
@@ -87,8 +73,8 @@ def explain(error: BentoMLException | httpx.HTTPError | UIError, url: str, label
     if isinstance(error, httpx.HTTPError):
         return f"The connection to the genserve API at {url} failed: {error}"
     status = int(error.error_code)
-    body = _error_body(error)
-    message = str(body.get("error", ""))
+    message, fields = parse_error(str(error))
+    message = message or "no details"
     if status == 401:
         return f"The API needs a valid key (401: {message}). Set GENSERVE_API_KEY for the UI."
     if status == 429:
@@ -96,12 +82,11 @@ def explain(error: BentoMLException | httpx.HTTPError | UIError, url: str, label
     if status == 503:
         return f"The API is not ready yet (503: {message}). Try again when its models have loaded."
     if 400 <= status < 500:
-        fields = []
-        for item in body.get("detail") or []:
-            name = ".".join(str(part) for part in item.get("loc", []))
-            shown = f"{labels[name]} ({name})" if name in labels else name
-            fields.append(f"{shown}: {item.get('msg', '')}")
-        return f"The API refused the request ({status}): " + ("; ".join(fields) or message)
+        refusals = [
+            f"{labels[name]} ({name}): {text}" if name in labels else f"{name}: {text}"
+            for name, text in fields
+        ]
+        return f"The API refused the request ({status}): " + ("; ".join(refusals) or message)
     return f"The API failed ({status}): {message}"
 
 
@@ -149,14 +134,14 @@ class GenServe:
         async with bentoml.AsyncHTTPClient(self.connection.url, **self.connection.sdk_options()) as sdk:
             if job.task_id is None:
                 job.task_id = (await sdk.txt2vid.submit(**job.fields)).id
-            while (status := (await sdk.txt2vid.get_status(job.task_id)).value) in RUNNING:
+            while (status := (await sdk.txt2vid.get_status(job.task_id)).value) in JOB_RUNNING:
                 elapsed = time.monotonic() - job.started
                 if elapsed > self.connection.timeout_s:
                     raise UIError(
                         f"Job {job.task_id} is still {status} after {elapsed:.0f} s; stopped waiting."
                     )
                 on_status(status, elapsed)
-                await asyncio.sleep(POLL_INTERVAL_S)
+                await asyncio.sleep(JOB_POLL_INTERVAL_S)
             if status == "canceled":
                 raise UIError(f"Job {job.task_id} was canceled on the server.")
             # A failed job's result is the server's error, which the SDK raises.

@@ -25,14 +25,13 @@ from typing import Any, NamedTuple, TextIO, get_args
 
 import httpx
 
-from genserve.http import SEED_HEADER
+from genserve.http import JOB_POLL_INTERVAL_S, JOB_RUNNING, SEED_HEADER, parse_error
 from genserve.schemas import ImageFormat, VideoFormat
 from genserve.settings import DEFAULT_API_URL, DEFAULT_TIMEOUT_S, api_key, api_url
 
 IMAGE_FORMATS: tuple[str, ...] = get_args(ImageFormat)
 VIDEO_FORMATS: tuple[str, ...] = get_args(VideoFormat)
 EXTENSIONS = {"image": {".jpg": "jpeg"}, "video": {}}  # beyond ".<format>" itself
-POLL_INTERVAL_S = 0.5
 # A connection attempt needs no generation time: a dead host should fail fast, not after --timeout.
 CONNECT_TIMEOUT_S = 10.0
 CLEAR_LINE = "\r\x1b[K"  # back to the line's start and erase it, so a shorter redraw leaves no tail
@@ -144,17 +143,9 @@ def error_message(response: httpx.Response) -> CLIError:
     429 (busy) is a 4xx but not the user's mistake: the same request may succeed later, so it
     gets 1, like 503, and the Retry-After hint is passed on.
     """
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and "error" in body:
-        lines = [f"{response.status_code} {response.reason_phrase}: {body['error']}"]
-        for item in body.get("detail") or []:
-            field = ".".join(str(part) for part in item.get("loc", []))
-            lines.append(f"  {field}{option_hint(field)}: {item.get('msg', '')}")
-    else:
-        lines = [f"{response.status_code} {response.reason_phrase}: {response.text[:500].strip()}"]
+    message, fields = parse_error(response.text)
+    lines = [f"{response.status_code} {response.reason_phrase}: {message[:500]}"]
+    lines += [f"  {field}{option_hint(field)}: {text}" for field, text in fields]
     if retry_after := response.headers.get("Retry-After"):
         lines.append(f"  retry after {retry_after} s")
     refused = 400 <= response.status_code < 500 and response.status_code != 429
@@ -273,10 +264,10 @@ def txt2vid(client: Client, args: argparse.Namespace) -> None:
     progress = Progress("txt2vid")
     status = "in_progress"
     try:
-        while status in ("pending", "in_progress"):
+        while status in JOB_RUNNING:
             if progress.elapsed() > client.timeout:
                 raise CLIError(f"task {task_id} did not finish within {client.timeout:g} s (see --timeout)")
-            time.sleep(POLL_INTERVAL_S)
+            time.sleep(JOB_POLL_INTERVAL_S)
             status = client.json("GET", "/txt2vid/status", params={"task_id": task_id})["status"]
             progress.show(status)
         if status not in ("completed", "failed"):  # canceled: there is no result to get

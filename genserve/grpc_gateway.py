@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import os
 import signal
@@ -42,6 +41,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_tools import protoc
 
 from genserve.auth import parse_bearer
+from genserve.http import JOB_POLL_INTERVAL_S, JOB_RUNNING, parse_error
 from genserve.media import VIDEO_FORMATS, take_file
 from genserve.schemas import TextToVideoRequest, VideoRequest, random_seed
 from genserve.settings import DEFAULT_TIMEOUT_S, _positive_int, api_url
@@ -59,8 +59,6 @@ MIB = 1024 * 1024
 #: other fields. (Video files and uploads are far smaller: uploads stop at 32 MiB.)
 DEFAULT_MAX_MESSAGE_MB = 65
 DEFAULT_PORT = 50051
-#: How often a text-to-video job's status is asked for while it runs.
-POLL_INTERVAL_S = 0.5
 HEALTH_POLL_S = 2  # how often the health service asks the API behind whether it is ready
 
 #: Fields of text to video that image to video does not take.
@@ -119,12 +117,8 @@ def api_key(context: grpc.aio.ServicerContext) -> str | None:
 
 def invalid_fields(body: str) -> str:
     """The service's 4xx error body as `field: message`, so the gRPC error names the field too."""
-    try:
-        error = json.loads(body[body.find("{") :])  # the SDK may prefix it: "Error making request: 400: "
-        named = [f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.get("detail", [])]
-        return "; ".join(named) or str(error.get("error", body))
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return body
+    message, fields = parse_error(body)
+    return "; ".join(f"{field}: {text}" for field, text in fields) or message
 
 
 #: The service's refusals that are not about the request's fields, and what the caller is told.
@@ -245,8 +239,8 @@ class Gateway:
 
         async def text_to_video(client: bentoml.AsyncHTTPClient) -> bytes:
             task = await client.txt2vid.submit(**fields)
-            while (await task.get_status()).value in ("pending", "in_progress"):
-                await asyncio.sleep(POLL_INTERVAL_S)
+            while (await task.get_status()).value in JOB_RUNNING:
+                await asyncio.sleep(JOB_POLL_INTERVAL_S)
             return await read_result(await task.get())
 
         data = await self._forward(context, text_to_video if image is None else image_to_video)
