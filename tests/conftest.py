@@ -93,3 +93,19 @@ def server(tiny_models, tmp_path_factory) -> Iterator[str]:
     """The shared served API on the tiny preset, default settings; yields its URL."""
     with running_server(tmp_path_factory.mktemp("server")) as (url, _):
         yield url
+
+
+ENV_KEYS = ("env-key-one", "env-key-two")
+FILE_KEY = "file-key-three"
+
+
+@pytest.fixture(scope="session")
+def keyed(tiny_models, tmp_path_factory) -> Iterator[tuple[str, Path, Path]]:
+    """The served API with keys: ENV_KEYS from the environment, FILE_KEY from a key file that
+    tests may rewrite (and restore); yields its URL, the key file and the server's log folder."""
+    directory = tmp_path_factory.mktemp("keyed")
+    key_file = directory / "keys"
+    key_file.write_text(f"# rotated by the operator\n{FILE_KEY}\n")
+    env = {"GENSERVE_API_KEYS": ",".join(ENV_KEYS), "GENSERVE_API_KEYS_FILE": str(key_file)}
+    with running_server(directory, **env) as (url, _):
+        yield url, key_file, directory

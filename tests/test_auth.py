@@ -6,23 +6,10 @@ import bentoml
 import httpx
 import pytest
 from bentoml.exceptions import BentoMLException
-from conftest import running_server
+from conftest import ENV_KEYS, FILE_KEY
 from decoding import read_image
 
 from genserve.auth import KeyRing
-
-ENV_KEYS = ("env-key-one", "env-key-two")
-FILE_KEY = "file-key-three"
-
-
-@pytest.fixture(scope="module")
-def keyed(tiny_models, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("auth")
-    key_file = directory / "keys"
-    key_file.write_text(f"# rotated by the operator\n{FILE_KEY}\n")
-    env = {"GENSERVE_API_KEYS": ",".join(ENV_KEYS), "GENSERVE_API_KEYS_FILE": str(key_file)}
-    with running_server(directory, **env) as (url, _):
-        yield url, key_file, directory
 
 
 def generate(url: str, key: str | None) -> httpx.Response:

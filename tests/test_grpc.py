@@ -16,13 +16,12 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ENV_KEYS, ROOT
 from decoding import read_image, read_video
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import FieldDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from test_auth import ENV_KEYS, keyed  # noqa: F401  # a fixture: the served API with API keys
 
 from genserve.grpc_gateway import DEFAULT_MAX_MESSAGE_MB, MIB, grpc_error, load_contract
 from genserve.media import encode_image
@@ -188,7 +187,7 @@ def test_health_is_serving_in_front_of_a_ready_api(gateway) -> None:
 
 
 @pytest.mark.slow
-def test_the_api_key_travels_as_metadata(keyed, stubs, tmp_path) -> None:  # noqa: F811  # the fixture
+def test_the_api_key_travels_as_metadata(keyed, stubs, tmp_path) -> None:
     pb, services = stubs
     with (
         running_gateway(keyed[0], tmp_path) as address,

@@ -9,9 +9,8 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from conftest import running_server
+from conftest import ENV_KEYS, running_server
 from decoding import read_image
-from test_auth import ENV_KEYS, keyed  # noqa: F401  # a fixture: the served API with API keys
 
 TIMEOUT = 120
 
@@ -97,7 +96,7 @@ def test_bad_parameters_are_400s_naming_the_parameter(server, body, param, code)
 
 
 @pytest.mark.slow
-def test_the_api_key_is_the_bearer_token(keyed) -> None:  # noqa: F811  # the fixture
+def test_the_api_key_is_the_bearer_token(keyed) -> None:
     url = keyed[0]
     assert len(openai_client(url, ENV_KEYS[1]).images.generate(prompt="a cat").data) == 1
     with pytest.raises(openai.AuthenticationError) as raised:
