@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
 # Tests import free_port, stop, wait_ready and descendants from here.
@@ -109,3 +111,15 @@ def keyed(tiny_models, tmp_path_factory) -> Iterator[tuple[str, Path, Path]]:
     env = {"GENSERVE_API_KEYS": ",".join(ENV_KEYS), "GENSERVE_API_KEYS_FILE": str(key_file)}
     with running_server(directory, **env) as (url, _):
         yield url, key_file, directory
+
+
+def genserve_metric(url: str, name: str, kind: str = "image") -> float:
+    """One of genserve's own metrics (`genserve_generated_total`, `..._seconds_count`...) for a kind
+    of work, summed over the processes behind `url`'s /metrics; 0 before any was recorded."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(float(value) for value in re.findall(rf'^{name}{{kind="{kind}"}} (\S+)$', text, re.MULTILINE))
+
+
+def job_status(url: str, task_id: str) -> str:
+    """A text-to-video job's status."""
+    return httpx.get(f"{url}/txt2vid/status", params={"task_id": task_id}, timeout=10).json()["status"]

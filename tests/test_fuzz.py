@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 import schemathesis
+from conftest import job_status
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -99,10 +100,6 @@ def test_no_request_is_answered_with_a_server_error(api, accepted_jobs, method, 
             accepted_jobs.append(response.json()["task_id"])
 
     fuzz()
-
-
-def job_status(server: str, task_id: str) -> str:
-    return httpx.get(f"{server}/txt2vid/status", params={"task_id": task_id}, timeout=10).json()["status"]
 
 
 @pytest.mark.slow

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import base64
-import re
 
 import httpx
 import numpy as np
 import openai
 import pytest
-from conftest import ENV_KEYS, running_server
+from conftest import ENV_KEYS, genserve_metric, running_server
 from decoding import read_image
 
 TIMEOUT = 120
@@ -26,14 +25,9 @@ def client(server) -> openai.OpenAI:
 
 def image_work(url: str) -> tuple[float, float]:
     """(batches run, images made) by the image generator so far, from genserve's own metrics."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-
-    def total(name: str) -> float:
-        return sum(
-            float(value) for value in re.findall(rf'^{name}{{kind="image"}} (\S+)$', text, re.MULTILINE)
-        )
-
-    return total("genserve_generation_seconds_count"), total("genserve_generated_total")
+    return genserve_metric(url, "genserve_generation_seconds_count"), genserve_metric(
+        url, "genserve_generated_total"
+    )
 
 
 def decoded(result: openai.types.ImagesResponse) -> list[tuple[str, np.ndarray]]:

@@ -4,7 +4,6 @@ recover, jobs are never silently lost, and SIGTERM drains in-flight requests."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import threading
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import running_server, wait_ready
+from conftest import genserve_metric, job_status, running_server, wait_ready
 
 from genserve.media import encode_image
 from genserve.processes import descendants
@@ -36,23 +35,16 @@ def post_video(url: str, fields: dict, **kwargs) -> httpx.Response:
     return httpx.post(f"{url}/img2vid", files=STILL, data=fields, **{"timeout": 120, **kwargs})
 
 
-def metric(url: str, name: str, kind: str) -> float:
-    """One of genserve's counters, for a kind of work, from /metrics."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    match = re.search(rf'^{name}{{kind="{kind}"}} (\S+)$', text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
 def generated(url: str, kind: str = "image") -> float:
-    return metric(url, "genserve_generated_total", kind)
+    return genserve_metric(url, "genserve_generated_total", kind)
 
 
 def started_requests(url: str, kind: str = "image") -> float:
-    return metric(url, "genserve_queue_wait_seconds_count", kind)
+    return genserve_metric(url, "genserve_queue_wait_seconds_count", kind)
 
 
 def finished_batches(url: str, kind: str) -> float:
-    return metric(url, "genserve_generation_seconds_count", kind)
+    return genserve_metric(url, "genserve_generation_seconds_count", kind)
 
 
 def wait_until(condition, timeout: float, what: str) -> None:
@@ -176,10 +168,6 @@ def video_job_whose_worker_is_killed(url: str, arbiter: int, service: str, seed:
     wait_until(lambda: started_requests(url, "video") > batches, 60, "the video stage to start")
     os.kill(worker_pid(arbiter, service), signal.SIGKILL)
     return task_id
-
-
-def job_status(url: str, task_id: str) -> str:
-    return httpx.get(f"{url}/txt2vid/status", params={"task_id": task_id}).json()["status"]
 
 
 def test_job_whose_worker_died_is_reported_failed_with_a_reason(fresh) -> None:

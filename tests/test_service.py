@@ -10,6 +10,7 @@ import bentoml
 import httpx
 import numpy as np
 import pytest
+from conftest import job_status
 from decoding import read_image, read_video
 
 from genserve.generation import generate_images
@@ -117,9 +118,7 @@ def test_txt2vid_job_round_trip(server, settings) -> None:
     assert submitted.status_code == 200, submitted.text
     task_id = submitted.json()["task_id"]
     deadline = time.monotonic() + TIMEOUT
-    while (
-        status := httpx.get(f"{server}/txt2vid/status", params={"task_id": task_id}).json()["status"]
-    ) not in (
+    while (status := job_status(server, task_id)) not in (
         "completed",
         "failed",
     ):

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import ROOT, free_port, stop, wait_ready
+from conftest import ROOT, free_port, genserve_metric, stop, wait_ready
 from decoding import read_image, read_video
 
 from genserve.loading import resolve_source
@@ -41,13 +41,6 @@ def local_args(manifest: dict, ports: dict[str, int]) -> list[str]:
         return f"http://127.0.0.1:{ports[match['host']]}"
 
     return [re.sub(r"http://(?P<host>[\w-]+):3000", local, arg) for arg in container["args"]]
-
-
-def generated(url: str, kind: str) -> float:
-    """genserve_generated_total{kind} in one process's /metrics (0 when it never generated)."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    values = re.findall(rf'^genserve_generated_total{{kind="{kind}"}} (\S+)$', text, re.MULTILINE)
-    return sum(float(value) for value in values)
 
 
 @pytest.mark.slow
@@ -88,7 +81,13 @@ def test_gateway_and_generators_as_separate_processes(settings, tmp_path: Path) 
         assert frames.shape == (4, settings.video_preset.height, settings.video_preset.width, 3)
 
         # Each generator did its own kind of work; the gateway generated nothing itself.
-        counts = {role: (generated(url, "image"), generated(url, "video")) for role, url in urls.items()}
+        counts = {
+            role: (
+                genserve_metric(url, "genserve_generated_total", "image"),
+                genserve_metric(url, "genserve_generated_total", "video"),
+            )
+            for role, url in urls.items()
+        }
         assert counts == {"gateway": (0, 0), "image": (1, 0), "video": (0, 1)}
     except Exception:
         for role in processes:
