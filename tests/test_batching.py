@@ -4,10 +4,13 @@ and the next batch starts before the last one is answered."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import pytest
 from _bentoml_impl.server import app as service_app
 from bentoml._internal.marshal import dispatcher
+from conftest import ROOT
 
 from genserve.batching import GreedyDispatcher, GreedyOptimizer, batch_greedily
 
@@ -132,7 +135,27 @@ def test_greedy_dispatcher_answers_a_failed_batch_with_its_error() -> None:
     assert [str(outcome) for outcome in outcomes] == ["out of memory"] * 3
 
 
-def test_batch_greedily_makes_services_use_the_greedy_dispatcher(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(service_app, "CorkDispatcher", dispatcher.CorkDispatcher)  # restored after
+def test_batch_greedily_patches_an_app_imported_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(service_app, "CorkDispatcher", service_app.CorkDispatcher)  # restored after
+    monkeypatch.setattr(dispatcher, "CorkDispatcher", dispatcher.CorkDispatcher)
     batch_greedily()
     assert service_app.CorkDispatcher is GreedyDispatcher
+
+
+# A worker's order, in a process of its own: service.py first, BentoML's service app after.
+WORKER_IMPORTS = """
+import sys
+import service
+assert "_bentoml_impl.server.app" not in sys.modules, "service.py imported the app"
+from _bentoml_impl.server import app
+from genserve.batching import GreedyDispatcher
+print(app.CorkDispatcher is GreedyDispatcher)
+"""
+
+
+def test_a_worker_s_service_app_uses_the_greedy_dispatcher() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", WORKER_IMPORTS], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-1] == "True"
