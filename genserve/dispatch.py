@@ -13,13 +13,15 @@ import logging
 import math
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from bentoml.exceptions import BentoMLException
 from starlette.requests import Request
 
 from genserve.workers import Outcome, Queued
+
+if TYPE_CHECKING:  # imported by BentoML's client where it runs; not by `bentoml serve`'s process
+    import aiohttp
 
 logger = logging.getLogger(__name__)
 
