@@ -138,8 +138,8 @@ class Settings:
             video_gpus=_gpus(environ, "GENSERVE_VIDEO_GPUS"),
             image_workers=_positive_int(environ, "GENSERVE_IMAGE_WORKERS", 1),
             video_workers=_positive_int(environ, "GENSERVE_VIDEO_WORKERS", 1),
-            image_cpu_threads=_positive_int(environ, "GENSERVE_CPU_THREADS", image.cpu_threads),
-            video_cpu_threads=_positive_int(environ, "GENSERVE_CPU_THREADS", video.cpu_threads),
+            image_cpu_threads=_number(environ, "GENSERVE_CPU_THREADS", image.cpu_threads, int, 0),
+            video_cpu_threads=_number(environ, "GENSERVE_CPU_THREADS", video.cpu_threads, int, 0),
             request_timeout_s=_positive_int(environ, "GENSERVE_REQUEST_TIMEOUT_S", DEFAULT_TIMEOUT_S),
             image_max_queue=_positive_int(
                 environ, "GENSERVE_IMAGE_MAX_QUEUE", QUEUE_BATCHES * image.batching.max_batch_size

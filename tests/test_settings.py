@@ -75,3 +75,7 @@ def test_worker_layout_and_cpu_threads() -> None:
     assert (tuned.image_workers, tuned.video_workers) == (2, 1)
     assert tuned.image_cpu_threads == tuned.video_cpu_threads == 3
     assert tuned.vae_slicing is True
+    every_core = Settings.from_env({"GENSERVE_CPU_THREADS": "0"})  # the tiny presets on torch's default
+    assert every_core.image_cpu_threads == every_core.video_cpu_threads == 0
+    with pytest.raises(ValueError, match="GENSERVE_CPU_THREADS"):
+        Settings.from_env({"GENSERVE_CPU_THREADS": "-1"})
