@@ -1,5 +1,6 @@
-"""Overload: many more clients than the queue holds. Every request is served or refused at once,
-none hangs, every round serves some, and memory does not grow from round to round."""
+"""Overload: many more clients than the queue holds. Every request is served or refused before
+any work is sent for it, none hangs, every round serves some, and memory does not grow from round
+to round."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import descendants, running_server
+from conftest import descendants, genserve_metric, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +60,9 @@ def overload_round(url: str) -> Counter[int]:
 
     The queue is empty when a round starts (the last round's answers are all in), so some of its
     requests must be served: a round that serves none means work the generator does for nobody.
+    A refusal is decided before any work is sent: the generator starts exactly the served ones.
     """
+    started = genserve_metric(url, "genserve_queue_wait_seconds_count")
     responses = asyncio.run(burst(url))
     unanswered = [repr(r) for r in responses if not isinstance(r, httpx.Response)]
     assert not unanswered, f"{len(unanswered)} requests got no answer: {unanswered[:3]}"
@@ -71,6 +74,7 @@ def overload_round(url: str) -> Counter[int]:
             assert response.status_code in (429, 503), response.text
             assert int(response.headers["retry-after"]) > 0, response.headers
     assert statuses[200] > 0, f"no request was served: {dict(statuses)}"
+    assert genserve_metric(url, "genserve_queue_wait_seconds_count") - started == statuses[200]
     return statuses
 
 
