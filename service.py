@@ -160,7 +160,8 @@ MODELS_INFO = {
 }
 
 
-@bentoml.asgi_app(openai_app, path=OPENAI_PREFIX)  # OpenAI's Images API: POST /v1/images/generations
+# OpenAI's Images API: POST /v1/images/generations
+@bentoml.asgi_app(openai_app(settings), path=OPENAI_PREFIX)
 @bentoml.service(traffic={"timeout": settings.request_timeout_s + TIMEOUT_GRACE_S})
 class GenServe:
     """The public API: text to image, image to video, and text to video as a background job."""

@@ -49,9 +49,6 @@ SIZE = re.compile(r"([0-9]+)x([0-9]+)")
 #: The request schema's fields that OpenAI's `size` sets.
 SIZE_FIELDS = ("width", "height")
 
-settings = Settings.from_env()
-ImageRequest = image_request_model(settings.image_preset)
-
 
 class GenerationRequest(BaseModel):
     """The OpenAI parameters genserve takes; others are refused by name, as OpenAI does."""
@@ -97,13 +94,6 @@ def parse_size(size: str | None) -> dict[str, int] | None:
     return dict(zip(SIZE_FIELDS, map(int, match.groups()), strict=True))
 
 
-async def generate(requests: list[ImageRequest], client: Request) -> list[Outcome]:
-    """The n requests as one call to the image generator: they join its batching queue together."""
-    service = bentoml.get_current_service()
-    timeout = settings.request_timeout_s
-    return await dispatch_all(service.images, service.image_queue, requests, timeout, client)
-
-
 def generation_error(status: int) -> JSONResponse:
     """A generator's refusal or failure, as OpenAI reports overload, timeouts and server errors."""
     retry = {"Retry-After": str(RETRY_AFTER_S)}
@@ -122,56 +112,75 @@ def b64_image(pixels: np.ndarray, fmt: str) -> str:
     return base64.b64encode(encode_image(pixels, fmt)).decode("ascii")
 
 
-async def generations(request: Request) -> JSONResponse:
-    """OpenAI's `images.generate`: `n` images of one prompt, base64-encoded in `data[].b64_json`."""
-    try:
-        params = GenerationRequest.model_validate_json(await request.body())
-    except ValidationError as error:
-        return invalid_request(error)
-    preset = settings.image_preset.name
-    if params.model not in (None, preset):
-        message = f"Invalid value: '{params.model}'. Supported values are: '{preset}'."
-        return openai_error(400, message, "model", "invalid_value")
-    if params.response_format == "url":
-        message = (
-            "response_format 'url' is not supported: genserve stores no images to link to; use 'b64_json'."
-        )
-        return openai_error(400, message, "response_format", "unsupported_value")
-    size = parse_size(params.size)
-    if size is None:
-        message = f"Invalid value for 'size': '{params.size}'; use 'WIDTHxHEIGHT' (e.g. '64x64') or 'auto'."
-        return openai_error(400, message, "size", "invalid_value")
-    n, queue = params.n or 1, bentoml.get_current_service().image_queue.limit
-    if n > queue:  # never admitted: a 429 would ask to retry for ever
-        message = f"Invalid value for 'n': at most {queue} on this server."
-        return openai_error(400, message, "n", "invalid_value")
-    fmt = params.output_format or "png"
-    try:
-        # Each request validates to its own random seed: n different images.
-        images = [ImageRequest(prompt=params.prompt, output_format=fmt, **size) for _ in range(n)]
-    except ValidationError as error:
-        return invalid_request(error)
-    outcomes = await generate(images, request)
-    if failed := next((outcome for outcome in outcomes if outcome.error is not None), None):
-        return generation_error(failed.status)
-    encoded = await asyncio.gather(*(asyncio.to_thread(b64_image, done.value, fmt) for done in outcomes))
-    return JSONResponse(
-        {
-            "created": int(time.time()),
-            "data": [{"b64_json": data} for data in encoded],
-            "output_format": fmt,
-            "size": f"{images[0].width}x{images[0].height}",
-        }
-    )
-
-
 async def http_error(request: Request, error: Exception) -> JSONResponse:
     """Unknown paths and wrong methods under /v1, in OpenAI's error shape too."""
     assert isinstance(error, HTTPException)
     return openai_error(error.status_code, error.detail, headers=error.headers)
 
 
-openai_app = Starlette(
-    routes=[Route("/images/generations", generations, methods=["POST"])],
-    exception_handlers={HTTPException: http_error},
-)
+class ImagesAPI:
+    """OpenAI's Images API for the served image preset, with the service's settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.request_model = image_request_model(settings.image_preset)
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[Route("/images/generations", self.generations, methods=["POST"])],
+            exception_handlers={HTTPException: http_error},
+        )
+
+    async def generate(self, requests: list[BaseModel], client: Request) -> list[Outcome]:
+        """The n requests as one call to the image generator: they join its batching queue together."""
+        service = bentoml.get_current_service()
+        timeout = self.settings.request_timeout_s
+        return await dispatch_all(service.images, service.image_queue, requests, timeout, client)
+
+    async def generations(self, request: Request) -> JSONResponse:
+        """OpenAI's `images.generate`: `n` images of one prompt, base64-encoded in `data[].b64_json`."""
+        try:
+            params = GenerationRequest.model_validate_json(await request.body())
+        except ValidationError as error:
+            return invalid_request(error)
+        preset = self.settings.image_preset.name
+        if params.model not in (None, preset):
+            message = f"Invalid value: '{params.model}'. Supported values are: '{preset}'."
+            return openai_error(400, message, "model", "invalid_value")
+        if params.response_format == "url":
+            message = "response_format 'url' is not supported: genserve stores no images to link to; "
+            message += "use 'b64_json'."
+            return openai_error(400, message, "response_format", "unsupported_value")
+        size = parse_size(params.size)
+        if size is None:
+            message = (
+                f"Invalid value for 'size': '{params.size}'; use 'WIDTHxHEIGHT' (e.g. '64x64') or 'auto'."
+            )
+            return openai_error(400, message, "size", "invalid_value")
+        n, queue = params.n or 1, bentoml.get_current_service().image_queue.limit
+        if n > queue:  # never admitted: a 429 would ask to retry for ever
+            message = f"Invalid value for 'n': at most {queue} on this server."
+            return openai_error(400, message, "n", "invalid_value")
+        fmt = params.output_format or "png"
+        try:
+            # Each request validates to its own random seed: n different images.
+            images = [self.request_model(prompt=params.prompt, output_format=fmt, **size) for _ in range(n)]
+        except ValidationError as error:
+            return invalid_request(error)
+        outcomes = await self.generate(images, request)
+        if failed := next((outcome for outcome in outcomes if outcome.error is not None), None):
+            return generation_error(failed.status)
+        encoded = await asyncio.gather(*(asyncio.to_thread(b64_image, done.value, fmt) for done in outcomes))
+        return JSONResponse(
+            {
+                "created": int(time.time()),
+                "data": [{"b64_json": data} for data in encoded],
+                "output_format": fmt,
+                "size": f"{images[0].width}x{images[0].height}",
+            }
+        )
+
+
+def openai_app(settings: Settings) -> Starlette:
+    """The ASGI app service.py mounts at PREFIX."""
+    return ImagesAPI(settings).app()
