@@ -6,8 +6,9 @@ A bento that builds is not yet a container that runs. This builds the image with
 build (a local CPU wheel instead of PyPI's CUDA build) differ. It runs the image the way
 docker-compose.yml does (non-root, read-only root filesystem, /tmp a tmpfs, /cache a volume),
 with an init as PID 1, waits for /readyz, makes an image and a video through the published port
-and decodes them, stops it with SIGTERM, checks that it exited cleanly within the grace period,
-and removes all it made.
+and decodes them, starts the gRPC gateway in it as k8s/base/grpc-gateway.yaml does (same image,
+working directory and command) and makes an image through that too, stops it with SIGTERM,
+checks that it exited cleanly within the grace period, and removes all it made.
 
 Needs root, podman and mmdebstrap (CI installs them with apt-get). Environment:
   BASE_IMAGE     use this base instead of making one (it is then kept)
@@ -19,6 +20,7 @@ Needs root, podman and mmdebstrap (CI installs them with apt-get). Environment:
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import subprocess
@@ -29,17 +31,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import grpc
 import httpx
+import yaml
+from google.protobuf import message_factory
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from decoding import read_image, read_video  # noqa: E402
 
+from genserve.grpc_gateway import DEFAULT_PORT as GRPC_PORT  # noqa: E402
+from genserve.grpc_gateway import SERVICE, load_contract  # noqa: E402
 from genserve.presets import IMAGE_PRESETS, VIDEO_PRESETS  # noqa: E402
 from genserve.processes import wait_until_ready  # noqa: E402
 
 PYTHON = sys.executable
 READY_TIMEOUT_S = 300
+GATEWAY_MANIFEST = ROOT / "k8s" / "base" / "grpc-gateway.yaml"
 # Nothing is in flight when it is stopped, so a clean stop takes seconds; a process that ignores
 # SIGTERM is killed at the end of this grace period and exits with 137.
 STOP_GRACE_S = 30
@@ -131,9 +140,11 @@ def containerize(work: Path, env: dict[str, str], bento: str, base: str, image: 
 
 
 def start(image: str, name: str) -> str:
-    """Run it as docker-compose.yml does, port 3000 published on a free loopback port: its URL."""
+    """Run it as docker-compose.yml does, port 3000 (and the gRPC gateway's, for later) published
+    on free loopback ports: its URL."""
     podman(
         "run", "--detach", "--init", "--name", name, "--publish", "127.0.0.1::3000",
+        "--publish", f"127.0.0.1::{GRPC_PORT}",
         "--read-only", "--tmpfs", "/tmp", "--env", "BENTOML_HOME=/tmp/bentoml", "--volume", "/cache",
         image,
     )  # fmt: skip
@@ -171,6 +182,51 @@ def generate(url: str) -> None:
         shape = (4, video_preset.height, video_preset.width, 3)
         expect((frames.shape, fps) == (shape, 6), f"img2vid: {frames.shape} at {fps} fps")
         print(f"img2vid: video/mp4 {frames.shape} at {fps:g} fps, {len(answer.content)} bytes")
+
+
+def start_grpc_gateway(name: str) -> str:
+    """The gRPC gateway in the running container, with the working directory and command of
+    k8s/base/grpc-gateway.yaml, calling the API beside it: its published address."""
+    [deployment] = [
+        doc for doc in yaml.safe_load_all(GATEWAY_MANIFEST.read_text()) if doc["kind"] == "Deployment"
+    ]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    podman(
+        "exec", "--detach", "--workdir", container["workingDir"], "--env", "GENSERVE_URL=http://127.0.0.1:3000",
+        name, *container["command"],
+    )  # fmt: skip
+    return podman("port", name, str(GRPC_PORT), capture=True)
+
+
+def generate_over_grpc(address: str) -> None:
+    """Once the gateway's health service says SERVING (it follows the API's /readyz), an image
+    through GenerateImage of the original project's image_gen.proto, decoded and checked."""
+    service = load_contract().services_by_name[SERVICE]
+    method = service.methods_by_name["GenerateImage"]
+    request, reply = (message_factory.GetMessageClass(t) for t in (method.input_type, method.output_type))
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        check = health_pb2.HealthCheckRequest(service=service.full_name)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            try:
+                if health.Check(check, timeout=5).status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+            except grpc.RpcError:  # not listening yet
+                pass
+            expect(time.monotonic() < deadline, f"the gRPC gateway was not SERVING after {READY_TIMEOUT_S} s")
+            time.sleep(1)
+        call = channel.unary_unary(
+            f"/{service.full_name}/GenerateImage",
+            request_serializer=request.SerializeToString,
+            response_deserializer=reply.FromString,
+        )
+        answer = call(request(prompt="a red cat", seed=7, num_inference_steps=2), timeout=READY_TIMEOUT_S)
+    mime, pixels = read_image(base64.b64decode(answer.image_data, validate=True))
+    preset = IMAGE_PRESETS["tiny"]
+    size = (preset.default_height, preset.default_width, 3)
+    expect((mime, pixels.shape, answer.seed) == ("image/png", size, 7), f"gRPC: {mime} {pixels.shape}")
+    print(f"gRPC GenerateImage: {mime} {pixels.shape}, seed {answer.seed}")
 
 
 def stop(name: str) -> None:
@@ -212,6 +268,8 @@ def main() -> None:
             wait_until_ready(url, lambda: exit_code(name), timeout_s=READY_TIMEOUT_S, poll_s=1)
         with steps("generate an image and a video"):
             generate(url)
+        with steps("the gRPC gateway in the container, an image through it"):
+            generate_over_grpc(start_grpc_gateway(name))
         with steps("stop with SIGTERM"):
             stop(name)
     except BaseException:
