@@ -9,6 +9,7 @@ as the real models. Then times genserve's own generation code at the presets' de
 
 from __future__ import annotations
 
+import gc
 import json
 import statistics
 import time
@@ -30,19 +31,20 @@ GIB = 1024**3
 REPEATS = 2  # single-request timings per pipeline; the median is reported
 
 
-def _random(factory: Callable[[], torch.nn.Module], dtype: torch.dtype) -> torch.nn.Module:
-    """A model with random weights, created on the GPU in `dtype`: no float32 copy of 8 B parameters."""
+def _random(factory: Callable[[], torch.nn.Module], dtype: torch.dtype, device: str) -> torch.nn.Module:
+    """A model with random weights, created on `device` in `dtype`: no float32 copy of 8 B parameters.
+    On the "meta" device it has shapes only (the tests count its parameters)."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        with torch.device("cuda"):
+        with torch.device(device):
             model = factory()
     finally:
         torch.set_default_dtype(previous)
     return model.to(dtype).eval()  # buffers some models compute in float32
 
 
-def sd35_large_pipeline():
+def sd35_large_pipeline(device: str = "cuda"):
     from diffusers import (
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
@@ -63,15 +65,19 @@ def sd35_large_pipeline():
     }
     config, dtype = SD35_LARGE, torch.bfloat16
     pipe = StableDiffusion3Pipeline(
-        transformer=_random(lambda: SD3Transformer2DModel(**config["transformer"]), dtype),
+        transformer=_random(lambda: SD3Transformer2DModel(**config["transformer"]), dtype, device),
         scheduler=FlowMatchEulerDiscreteScheduler(**config["scheduler"]),
-        vae=_random(lambda: AutoencoderKL(**config["vae"]), dtype),
+        vae=_random(lambda: AutoencoderKL(**config["vae"]), dtype, device),
         text_encoder=_random(
-            lambda: CLIPTextModelWithProjection(CLIPTextConfig(**config["text_encoder"], **special)), dtype
+            lambda: CLIPTextModelWithProjection(CLIPTextConfig(**config["text_encoder"], **special)),
+            dtype,
+            device,
         ),
         tokenizer=clip_tokenizer,
         text_encoder_2=_random(
-            lambda: CLIPTextModelWithProjection(CLIPTextConfig(**config["text_encoder_2"], **special)), dtype
+            lambda: CLIPTextModelWithProjection(CLIPTextConfig(**config["text_encoder_2"], **special)),
+            dtype,
+            device,
         ),
         tokenizer_2=clip_tokenizer,
         text_encoder_3=_random(
@@ -83,6 +89,7 @@ def sd35_large_pipeline():
                 )
             ),
             dtype,
+            device,
         ),
         tokenizer_3=t5_tokenizer,
     )
@@ -91,7 +98,7 @@ def sd35_large_pipeline():
     return pipe
 
 
-def svd_xt_pipeline():
+def svd_xt_pipeline(device: str = "cuda"):
     from diffusers import (
         AutoencoderKLTemporalDecoder,
         EulerDiscreteScheduler,
@@ -102,11 +109,13 @@ def svd_xt_pipeline():
 
     config, dtype = SVD_XT, torch.float16
     pipe = StableVideoDiffusionPipeline(
-        vae=_random(lambda: AutoencoderKLTemporalDecoder(**config["vae"]), dtype),
+        vae=_random(lambda: AutoencoderKLTemporalDecoder(**config["vae"]), dtype, device),
         image_encoder=_random(
-            lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**config["image_encoder"])), dtype
+            lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**config["image_encoder"])),
+            dtype,
+            device,
         ),
-        unet=_random(lambda: UNetSpatioTemporalConditionModel(**config["unet"]), dtype),
+        unet=_random(lambda: UNetSpatioTemporalConditionModel(**config["unet"]), dtype, device),
         scheduler=EulerDiscreteScheduler(**config["scheduler"]),
         feature_extractor=CLIPImageProcessor(crop_size=224, size={"shortest_edge": 224}),
     )
@@ -212,6 +221,7 @@ def main(out: Path) -> None:
 
     # One at a time: each pipeline is freed before the next is built.
     rows = [measure_image(sd35_large_pipeline(), IMAGE_PRESETS["sd35-large"])]
+    gc.collect()  # a pipeline's modules refer to each other: freed by the collector, not at once
     torch.cuda.empty_cache()
     rows.append(measure_video(svd_xt_pipeline(), VIDEO_PRESETS["svd-xt"]))
     out.mkdir(parents=True, exist_ok=True)

@@ -36,41 +36,22 @@ def importable_bench(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _parameter_counts() -> dict[str, int]:
-    from diffusers import (
-        AutoencoderKL,
-        AutoencoderKLTemporalDecoder,
-        SD3Transformer2DModel,
-        UNetSpatioTemporalConditionModel,
-    )
-    from transformers import (
-        CLIPTextConfig,
-        CLIPTextModelWithProjection,
-        CLIPVisionConfig,
-        CLIPVisionModelWithProjection,
-        T5Config,
-        T5EncoderModel,
-    )
+    """The bench's own GPU pipelines, built on the meta device: shapes only, no memory for their
+    16 B parameters, and every line that assembles them runs (the GPU run is rare)."""
+    from bench.gpu import sd35_large_pipeline, svd_xt_pipeline
 
-    from bench.real_configs import SD35_LARGE, SVD_XT
-
-    builders = {
-        "SD3.5 Large MMDiT": lambda: SD3Transformer2DModel(**SD35_LARGE["transformer"]),
-        "T5-XXL encoder": lambda: T5EncoderModel(T5Config(**SD35_LARGE["text_encoder_3"])),
-        "CLIP ViT-bigG/14 text": lambda: CLIPTextModelWithProjection(
-            CLIPTextConfig(**SD35_LARGE["text_encoder_2"])
-        ),
-        "CLIP ViT-L/14 text": lambda: CLIPTextModelWithProjection(
-            CLIPTextConfig(**SD35_LARGE["text_encoder"])
-        ),
-        "SD3 VAE": lambda: AutoencoderKL(**SD35_LARGE["vae"]),
-        "SVD-XT UNet": lambda: UNetSpatioTemporalConditionModel(**SVD_XT["unet"]),
-        "SVD temporal VAE": lambda: AutoencoderKLTemporalDecoder(**SVD_XT["vae"]),
-        "OpenCLIP ViT-H/14 vision": lambda: CLIPVisionModelWithProjection(
-            CLIPVisionConfig(**SVD_XT["image_encoder"])
-        ),
+    image, video = sd35_large_pipeline(device="meta"), svd_xt_pipeline(device="meta")
+    components = {
+        "SD3.5 Large MMDiT": image.transformer,
+        "T5-XXL encoder": image.text_encoder_3,
+        "CLIP ViT-bigG/14 text": image.text_encoder_2,
+        "CLIP ViT-L/14 text": image.text_encoder,
+        "SD3 VAE": image.vae,
+        "SVD-XT UNet": video.unet,
+        "SVD temporal VAE": video.vae,
+        "OpenCLIP ViT-H/14 vision": video.image_encoder,
     }
-    with torch.device("meta"):  # shapes only: no memory for 16 B parameters
-        return {name: sum(p.numel() for p in build().parameters()) for name, build in builders.items()}
+    return {name: sum(p.numel() for p in model.parameters()) for name, model in components.items()}
 
 
 def test_real_architecture_configs_have_the_published_sizes() -> None:
