@@ -142,18 +142,18 @@ def _tune_connection_pool(generator: Any) -> None:
     The pool of the client (one for good: `KEEP_CONNECTION_POOL`) drops them sooner.
     """
     manager = getattr(generator.to_async, "_session_manager", None)  # private: BentoML is pinned
-    if manager is None or getattr(manager, "tuned", False):
+    if manager is None or getattr(manager, "genserve_tuned", False):
         return
 
-    def tuned(session: aiohttp.ClientSession) -> aiohttp.ClientSession:
+    def with_short_keepalive(session: aiohttp.ClientSession) -> aiohttp.ClientSession:
         session.connector._keepalive_timeout = POOL_KEEPALIVE_S  # aiohttp has no setter
         return session
 
     if manager._session is not None:
-        tuned(manager._session)
+        with_short_keepalive(manager._session)
     make_session = manager._make_client
-    manager._make_client = lambda: tuned(make_session())
-    manager.tuned = True
+    manager._make_client = lambda: with_short_keepalive(make_session())
+    manager.genserve_tuned = True
 
 
 async def _until_done_or_disconnected(work: asyncio.Future, request: Request) -> None:
