@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from bentoml.exceptions import BentoMLException
 from starlette.requests import Request
 
-from genserve.workers import Outcome, Queued
+from genserve.workers import CLIENT_LEFT, Outcome, Queued
 
 if TYPE_CHECKING:  # imported by BentoML's client where it runs; not by `bentoml serve`'s process
     import aiohttp
@@ -110,14 +110,18 @@ async def _call_once(generator: Any, queued: list[Queued], request: Request | No
     _tune_connection_pool(generator)
     work = asyncio.ensure_future(generator.to_async.generate(queued))
     try:
-        if request is not None:
-            await _until_done_or_disconnected(work, request)
+        if request is not None and await _disconnected_before_done(work, request):
+            # Answered all the same, though nobody reads it: BentoML's timeout middleware holds
+            # a request that ends without a response until its timeout (minutes), and a server
+            # stopping waits for it (SIGTERM ended in SIGKILL after any client had left).
+            logger.info("client disconnected; cancelling its request")
+            await _abandon(work, generator, queued)
+            return everyone(CLIENT_LEFT)
         return await work
     except asyncio.CancelledError:
-        # The caller is gone (disconnect, or the server's own timeout cancelled this coroutine):
-        # stop the generator working for nobody. Shielded: this coroutine is being cancelled.
-        work.cancel()
-        await asyncio.shield(_cancel(generator, [q.request_id for q in queued]))
+        # The server's own timeout cancelled this coroutine: stop the generator working for
+        # nobody. Shielded: this coroutine is being cancelled.
+        await asyncio.shield(_abandon(work, generator, queued))
         raise
     except BentoMLException as error:
         status = int(error.error_code)
@@ -128,7 +132,7 @@ async def _call_once(generator: Any, queued: list[Queued], request: Request | No
         return everyone(Outcome(status=500, error="generation failed; see the server log"))
     except Exception as error:  # the generator process died or its connection broke
         logger.error("generator unreachable: %r", error)
-        await _cancel(generator, [q.request_id for q in queued])  # in case the request got through
+        await _abandon(work, generator, queued)  # in case the request got through
         stopped = "the generator stopped while working on this request; retry later"
         return everyone(Outcome(status=503, error=stopped))
 
@@ -156,15 +160,19 @@ def _tune_connection_pool(generator: Any) -> None:
     manager.genserve_tuned = True
 
 
-async def _until_done_or_disconnected(work: asyncio.Future, request: Request) -> None:
+async def _disconnected_before_done(work: asyncio.Future, request: Request) -> bool:
+    """Wait for `work`; True if the client disconnected first."""
     while not work.done():
         await asyncio.wait({work}, timeout=DISCONNECT_POLL_S)
         if not work.done() and await request.is_disconnected():
-            logger.info("client disconnected; cancelling its request")
-            raise asyncio.CancelledError
+            return True
+    return False
 
 
-async def _cancel(generator: Any, request_ids: list[str]) -> None:
+async def _abandon(work: asyncio.Future, generator: Any, queued: list[Queued]) -> None:
+    """Stop waiting for `work` and tell the generator to drop its requests."""
+    work.cancel()
+    request_ids = [q.request_id for q in queued]
     try:
         await generator.to_async.cancel(request_ids)
     except Exception as error:  # best effort: the deadline still stops the work

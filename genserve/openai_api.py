@@ -36,7 +36,7 @@ from genserve.media import encode_image
 from genserve.presets import IMAGE_PRESETS
 from genserve.schemas import ImageFormat, image_request_model
 from genserve.settings import Settings
-from genserve.workers import Outcome
+from genserve.workers import CLIENT_LEFT, Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,8 @@ def generation_error(status: int) -> JSONResponse:
         return openai_error(503, message, kind="server_error", headers=retry)
     if status == 504:
         return openai_error(504, "Image generation timed out.", kind="server_error")
+    if status == CLIENT_LEFT.status:  # nobody reads it; the logs show why the request ended
+        return openai_error(status, CLIENT_LEFT.error or "")
     return openai_error(500, "Image generation failed; see the server log.", kind="server_error")
 
 

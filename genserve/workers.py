@@ -66,6 +66,10 @@ class Outcome:
     error: str | None = None
 
 
+#: A request whose client went away (nginx's status "client closed request"): only logs see it.
+CLIENT_LEFT = Outcome(status=499, error="cancelled: the client went away")
+
+
 def label_answers_json(generator: Any) -> None:
     """Say once what a generator's `generate` answers: JSON (pickle between services, labelled
     JSON all the same). BentoML otherwise works the label out from the answer type's JSON
@@ -163,7 +167,7 @@ def run_batch(
 
 def _unwanted(queued: Queued, cancelled: Cancellations) -> Outcome | None:
     if queued.request_id in cancelled:
-        return Outcome(status=499, error="cancelled: the client went away")
+        return CLIENT_LEFT
     if time.time() > queued.deadline:
         return Outcome(status=504, error="timed out: the request waited longer than its timeout")
     return None

@@ -24,10 +24,14 @@ pytestmark = pytest.mark.slow
 SLOW_IMAGE = {"prompt": "a slow cat", "width": 256, "height": 256, "num_inference_steps": 50, "seed": 1}
 SLOW_BATCH = 4
 QUICK_IMAGE = {"prompt": "a quick cat", "seed": 2}
-# The tiny preset's longest video (seconds even on idle cores: more than the 1 s timeout used
-# below) and its shortest (a fraction of a second).
+# The tiny preset's longest video and its shortest (a fraction of a second). The longest is only
+# ~1.6 s on 2 idle cores, its last denoising step at ~1.4 s, after which it can no longer be
+# stopped. A client that leaves after DEPART_S is noticed at the entry service's next check
+# (genserve.dispatch.DISCONNECT_POLL_S, 0.5 s), so the cancel lands ~0.5-0.8 s in: well before.
+# (A 1 s departure let the cancel land after the last step on a quiet machine.)
 SLOW_VIDEO = {"num_frames": "16", "num_inference_steps": "25", "seed": "1"}
 QUICK_VIDEO = {"num_frames": "2", "num_inference_steps": "1", "seed": "2"}
+DEPART_S = 0.3
 STILL = {"image": ("still.png", encode_image(np.full((64, 64, 3), 128, np.uint8), "png"), "image/png")}
 
 
@@ -120,14 +124,18 @@ def test_timed_out_request_is_504_and_its_work_stops(short_timeout) -> None:
 
 
 def test_departed_client_cancels_its_work_and_others_are_served(fresh) -> None:
-    url, _ = fresh
+    url, arbiter = fresh
     before = generated(url, "video")
     batches = started_requests(url, "video")
     with pytest.raises(httpx.ReadTimeout):
-        post_video(url, SLOW_VIDEO, timeout=httpx.Timeout(60, read=1))
+        post_video(url, SLOW_VIDEO, timeout=httpx.Timeout(60, read=DEPART_S))
     assert started_requests(url, "video") > batches  # the slow video did start before its client left
     assert post_video(url, QUICK_VIDEO).status_code == 200
     assert generated(url, "video") - before == 1  # the departed client's video was never finished
+    # Nothing of the departed request is left running: SIGTERM stops the server at once, where a
+    # request ended without an answer held it until BentoML's request timeout (minutes).
+    arbiter.send_signal(signal.SIGTERM)
+    assert arbiter.wait(timeout=60) == 0
 
 
 def test_cancel_reaches_the_worker_running_the_request(tiny_models, tmp_path) -> None:
@@ -137,7 +145,7 @@ def test_cancel_reaches_the_worker_running_the_request(tiny_models, tmp_path) ->
         before = generated(url, "video")
         for departures in range(1, 4):
             with pytest.raises(httpx.ReadTimeout):
-                post_video(url, SLOW_VIDEO, timeout=httpx.Timeout(60, read=1))
+                post_video(url, SLOW_VIDEO, timeout=httpx.Timeout(60, read=DEPART_S))
             wait_until(
                 lambda n=departures: finished_batches(url, "video") >= n, 60, "the video's batch to end"
             )
