@@ -57,7 +57,8 @@ class GreedyDispatcher(dispatcher.CorkDispatcher):
         """Run one batch, free the generator, let the next batch start, then answer.
 
         As BentoML's own: a failed batch answers each of its requests with the exception, a
-        cancelled one cancels them, and successful batches train the batch-cost model.
+        cancelled one cancels them, and successful batches train the batch-cost model. (BentoML
+        passes `training` for its first batches; with no wait to learn, it changes nothing here.)
         """
         started = time.time()
         try:
@@ -78,9 +79,8 @@ class GreedyDispatcher(dispatcher.CorkDispatcher):
         for job, output in zip(inputs_info, outputs, strict=True):
             if not job.future.done():
                 job.future.set_result(output)
-        if not failed:
-            wait = 0 if training else started - inputs_info[0].enqueue_time
-            self.optimizer.log_outbound(n=len(inputs_info), wait=wait, duration=duration)
+        if not failed:  # the batch-cost model learns from durations; the wait it would learn is 0
+            self.optimizer.log_outbound(n=len(inputs_info), wait=0, duration=duration)
 
     async def _let_next_batch_start(self) -> None:
         """Give the controller (it polls every TICKET_INTERVAL) time to take the queued requests

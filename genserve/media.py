@@ -58,8 +58,8 @@ def encode_image(image: np.ndarray, fmt: str) -> bytes:
 
 
 def take_file(path: Path) -> bytes:
-    """A result file the BentoML client SDK saved, read and removed: its clients live long (the
-    gRPC gateway, a UI session) and the SDK removes its folder only with the client."""
+    """A result file the BentoML client SDK saved, read and removed: the SDK removes its folder
+    only with the client, and a web UI session's client lives as long as the session."""
     try:
         return path.read_bytes()
     finally:

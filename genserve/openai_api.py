@@ -159,7 +159,7 @@ class ImagesAPI:
                 f"Invalid value for 'size': '{params.size}'; use 'WIDTHxHEIGHT' (e.g. '64x64') or 'auto'."
             )
             return openai_error(400, message, "size", "invalid_value")
-        n, queue = params.n or 1, bentoml.get_current_service().image_queue.limit
+        n, queue = params.n or 1, self.settings.image_max_queue
         if n > queue:  # never admitted: a 429 would ask to retry for ever
             message = f"Invalid value for 'n': at most {queue} on this server."
             return openai_error(400, message, "n", "invalid_value")

@@ -15,6 +15,7 @@ from typing import TypeVar
 from genserve.presets import ImagePreset, VideoPreset, image_preset, video_preset
 
 N = TypeVar("N", int, float)
+B = TypeVar("B", bool, None)
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_TIMEOUT_S = 900
 DEFAULT_API_URL = "http://127.0.0.1:3000"  # `make serve`'s address
@@ -23,7 +24,7 @@ DEFAULT_API_URL = "http://127.0.0.1:3000"  # `make serve`'s address
 QUEUE_BATCHES = 4
 
 
-def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+def _flag(environ: Mapping[str, str], name: str, default: B) -> bool | B:
     value = environ.get(name)
     if value is None or value == "":
         return default
@@ -118,9 +119,7 @@ class Settings:
             video_source=environ.get("GENSERVE_VIDEO_MODEL") or video.source,
             device=device,
             cpu_offload=_flag(environ, "GENSERVE_CPU_OFFLOAD", False),
-            vae_slicing=_flag(environ, "GENSERVE_VAE_SLICING", False)
-            if environ.get("GENSERVE_VAE_SLICING")
-            else None,
+            vae_slicing=_flag(environ, "GENSERVE_VAE_SLICING", None),
             vae_tiling=_flag(environ, "GENSERVE_VAE_TILING", False),
             image_max_batch_size=_positive_int(
                 environ, "GENSERVE_IMAGE_MAX_BATCH_SIZE", image.batching.max_batch_size
