@@ -82,9 +82,11 @@ def _check_image(answer: Answer) -> str | None:
 
 
 def _check_baseline(answer: Answer) -> str | None:
-    if answer.status != 200 or not json.loads(answer.body).get("image"):
-        return f"{answer.status} {answer.body[:300]!r}"
-    return None
+    try:
+        image = json.loads(answer.body).get("image") if answer.status == 200 else None
+    except (ValueError, AttributeError):  # not a JSON object
+        image = None
+    return None if image else f"{answer.status} {answer.body[:300]!r}"
 
 
 CHECKS = {BATCHING_ON: _check_image, BATCHING_OFF: _check_image, BASELINE: _check_baseline}

@@ -52,16 +52,20 @@ async def _serve_bursts(
     return batch_sizes
 
 
-def _stock() -> dispatcher.CorkDispatcher:
-    def fail() -> None:
-        raise AssertionError("the dispatcher gave up on a request")
+#: BentoML's own dispatcher class, whatever its module holds once batch_greedily() has run.
+STOCK = GreedyDispatcher.__bases__[0]
 
-    return dispatcher.CorkDispatcher(60_000, MAX_BATCH, fallback=fail, get_batch_size=lambda _: 1)
+
+def _gave_up() -> None:
+    raise AssertionError("the dispatcher gave up on a request")
+
+
+def _stock() -> dispatcher.CorkDispatcher:
+    return STOCK(60_000, MAX_BATCH, fallback=_gave_up, get_batch_size=lambda _: 1)
 
 
 def _greedy() -> GreedyDispatcher:
-    stock = _stock()
-    return GreedyDispatcher(60_000, MAX_BATCH, fallback=stock.fallback, get_batch_size=lambda _: 1)
+    return GreedyDispatcher(60_000, MAX_BATCH, fallback=_gave_up, get_batch_size=lambda _: 1)
 
 
 def _answered_before_next_start(events: list[tuple[str, int]]) -> list[bool]:
@@ -136,8 +140,8 @@ def test_greedy_dispatcher_answers_a_failed_batch_with_its_error() -> None:
 
 
 def test_batch_greedily_patches_an_app_imported_before(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(service_app, "CorkDispatcher", service_app.CorkDispatcher)  # restored after
-    monkeypatch.setattr(dispatcher, "CorkDispatcher", dispatcher.CorkDispatcher)
+    monkeypatch.setattr(service_app, "CorkDispatcher", STOCK)  # restored after the test
+    monkeypatch.setattr(dispatcher, "CorkDispatcher", STOCK)
     batch_greedily()
     assert service_app.CorkDispatcher is GreedyDispatcher
 

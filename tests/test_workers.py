@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -33,8 +34,9 @@ def test_cancellations_are_shared_by_the_workers_of_a_generator(tmp_path) -> Non
     assert ids[1] not in worker_b
 
 
-def test_each_generator_of_each_server_has_its_own_cancellations() -> None:
+def test_each_generator_of_each_server_has_its_own_cancellations(monkeypatch, tmp_path) -> None:
     """Shared by the workers of one service under one BentoML server (their parent), no wider."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # not the machine's /tmp
     images, videos = (
         Cancellations.of_service(name, keep_s=60) for name in ("ImageGenerator", "VideoGenerator")
     )
