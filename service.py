@@ -52,6 +52,7 @@ from genserve.schemas import (
     video_request_model,
 )
 from genserve.settings import Settings
+from genserve.timeout import cancel_timers_when_done
 from genserve.uploads import UploadError, check_image_upload
 from genserve.workers import (
     BackgroundLoad,
@@ -67,6 +68,7 @@ from genserve.workers import (
 TIMEOUT_GRACE_S = 30  # BentoML's own timeouts fire after genserve's deadlines, which answer clearly
 settings = Settings.from_env()
 batch_greedily()  # a batch starts whenever a generator is free (genserve/batching.py)
+cancel_timers_when_done()  # BentoML's request timeout kept every request in memory (genserve/timeout.py)
 
 # Request schemas with this deployment's presets' defaults and limits (shown in /docs).
 TextToImage = image_request_model(settings.image_preset)
