@@ -10,7 +10,7 @@ GRPC_PORT ?= 50051
 # The UI calls the API on this machine: 0.0.0.0 is where to listen, not an address to call.
 API_URL := http://$(if $(filter 0.0.0.0,$(HOST)),127.0.0.1,$(HOST)):$(PORT)
 
-.PHONY: setup models serve grpc test lint image-test bench
+.PHONY: setup models serve grpc test lint image-test bench soak
 
 setup: $(INSTALLED)
 
@@ -52,6 +52,12 @@ test: lint
 # minutes; the report and plot go to bench/results/. Run it on an otherwise idle machine.
 bench: setup
 	$(BIN)/python -m bench
+
+# Memory under a long mixed load (bench/README.md): every process's growth per 1,000 requests,
+# ~12 minutes; REQUESTS=N per phase (default 4000). The report and plot go to bench/results/.
+REQUESTS ?= 4000
+soak: setup
+	$(BIN)/python -m bench.soak --requests $(REQUESTS)
 
 # The container image's CPU variant, built from the bento with podman and run: an image and a
 # video made through its port, a clean SIGTERM stop (docs/deploy.md). Root, podman, mmdebstrap.

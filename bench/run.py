@@ -13,8 +13,6 @@ import base64
 import json
 import os
 import platform
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -26,7 +24,7 @@ import numpy as np
 from bench.inprocess import InProcess, measure_bare_load
 from bench.load import TIMEOUT_S, Answer, run_load
 from bench.report import BASELINE, BATCHING_OFF, BATCHING_ON, Results, markdown, plot
-from bench.servers import ROOT, Server, baseline_command, start
+from bench.servers import ROOT, Server, baseline_command, import_tiny_models, start
 from bench.workload import Workload
 from genserve.media import decode_image
 from genserve.processes import serve_command
@@ -175,11 +173,7 @@ def run(plan: Plan, out: Path) -> Results:
         workers=workers,
         clients=tuple(plan.requests),
     )
-    subprocess.run(
-        [sys.executable, "models/import_models.py", "--image", "tiny", "--video", "tiny"],
-        cwd=ROOT,
-        check=True,
-    )
+    import_tiny_models()
     print("bare load...", flush=True)
     bare = measure_bare_load(plan.workload, batch)
     results.bare_load_s, results.bare_rss = bare.load_s, bare.peak_rss

@@ -36,7 +36,7 @@ def peak_rss(pid: int) -> int:
     return int(match.group(1)) * 1024 if match else 0
 
 
-def _role(process: psutil.Process, root_pid: int) -> str:
+def role(process: psutil.Process, root_pid: int) -> str:
     """A BentoML worker by the service it runs; the process we started as the arbiter."""
     if process.pid == root_pid:
         return "arbiter"
@@ -59,10 +59,10 @@ class Server:
         sizes: dict[str, int] = {}
         for process in process_tree(self.process.pid):
             try:
-                role = _role(process, self.process.pid)
+                name = role(process, self.process.pid)
             except psutil.Error:
                 continue
-            sizes[role] = sizes.get(role, 0) + peak_rss(process.pid)
+            sizes[name] = sizes.get(name, 0) + peak_rss(process.pid)
         return sizes
 
     def cpu_seconds(self) -> float:
@@ -96,6 +96,15 @@ def start(name: str, command: Callable[[int], list[str]], env: dict[str, str], l
         raise
     server.cold_start_s = time.perf_counter() - started
     return server
+
+
+def import_tiny_models() -> None:
+    """The tiny preset in the model store, as `make models` puts it there (skipped when present)."""
+    subprocess.run(
+        [sys.executable, "models/import_models.py", "--image", "tiny", "--video", "tiny"],
+        cwd=ROOT,
+        check=True,
+    )
 
 
 def baseline_command(port: int) -> list[str]:
