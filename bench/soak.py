@@ -1,10 +1,11 @@
 """`python -m bench.soak` (`make soak`): does any process of `make serve` keep memory per request?
 
-One `bentoml serve service.py` on the tiny preset gets a closed-loop load in phases: text to
-image, image to video (uploads), text-to-video jobs (submit, poll, fetch), then all three
-mixed. The RSS of every process is sampled as it goes; for each phase and process the report
-gives the growth per 1,000 requests after the phase's warm-up (a least-squares slope), against
-the target of 0.5 MiB, and a plot of RSS against requests served. bench/README.md says more.
+One `bentoml serve service.py` on the tiny preset gets a closed-loop load in phases: a warm-up
+of each kind, then text to image, image to video (uploads), text-to-video jobs (submit, poll,
+fetch), and all three mixed. The RSS of every process is sampled as it goes; for each phase
+and process the report gives the growth per 1,000 requests after the phase's warm-up (a robust
+slope) and over the whole run, against the target of 0.5 MiB, and a plot of RSS against
+requests served. bench/README.md says more.
 """
 
 from __future__ import annotations
@@ -61,18 +62,23 @@ class Phase:
         return self.name not in WARMUPS
 
     def growth_per_1000(self, process: str) -> float:
-        """MiB per 1,000 requests after the phase's warm-up share: the Theil-Sen slope of RSS
-        against requests served (the median of the slopes between every two samples). A steady
-        growth shows whole; a one-off step of the allocator (a few MiB, glibc keeping a new
-        high-water mark) moves it little, as it would not move a longer run's."""
+        """MiB per 1,000 requests after the phase's warm-up share: the repeated-median (Siegel)
+        slope of RSS against requests served, the median over samples of each sample's median
+        slope to the others. A steady growth shows whole; a one-off step of the allocator (a
+        few MiB, glibc keeping a new high-water mark) leaves it near zero, since most samples
+        lie on one side of the step."""
         points = [(n, rss[process] / MIB) for n, rss in self.samples]
         warm = np.array([(n, rss) for n, rss in points if n >= WARMUP_SHARE * points[-1][0]], dtype=float)
         served, rss = warm.T
-        later = served[None, :] > served[:, None]
-        if not later.any():
+        apart = served[None, :] != served[:, None]  # samples with no request served between them say nothing
+        with np.errstate(divide="ignore", invalid="ignore"):
+            slopes = np.where(
+                apart, (rss[None, :] - rss[:, None]) / (served[None, :] - served[:, None]), np.nan
+            )
+        per_sample = [np.median(row[~np.isnan(row)]) for row in slopes if (~np.isnan(row)).any()]
+        if len(per_sample) < 2:
             raise ValueError(f"{self.name}: too few samples after warm-up; sample more often or send more")
-        slopes = (rss[None, :] - rss[:, None])[later] / (served[None, :] - served[:, None])[later]
-        return float(np.median(slopes) * 1000)
+        return float(np.median(per_sample) * 1000)
 
 
 def net_growth_per_1000(phases: list[Phase], process: str) -> float:
@@ -204,9 +210,9 @@ def report(phases: list[Phase], clients: int, plot_name: str) -> str:
         f"`make soak`: {clients} closed-loop clients, tiny preset, {STEPS} denoising step, 64×64 images "
         f"and {MIN_FRAMES}-frame videos; a warm-up of {warmups[0].requests} requests of each kind, then "
         f"{measured[0].requests} requests a phase; RSS sampled during the run. A phase's growth is the "
-        "Theil-Sen slope of RSS against requests served (robust to the allocator's one-off steps), after "
-        f"its first {WARMUP_SHARE:.0%}; the whole run's is RSS at its end less RSS after the warm-ups. "
-        f"Target: < {TARGET_MIB_PER_1000} MiB per 1,000 requests for every process.",
+        "repeated-median slope of RSS against requests served (robust to the allocator's one-off "
+        f"steps), after its first {WARMUP_SHARE:.0%}; the whole run's is RSS at its end less RSS after "
+        f"the warm-ups. Target: < {TARGET_MIB_PER_1000} MiB per 1,000 requests for every process.",
         "",
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores.",
         "",
