@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import re
 import string
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -54,19 +55,24 @@ def _corpus() -> list[str]:
     ]
 
 
-def _words() -> list[str]:
-    """The corpus's distinct words and punctuation, sorted: the tokenizers' learned pieces."""
-    return sorted(set(re.findall(r"[a-z]+|[^\sa-z]", " ".join(_corpus()))))
+def _words(extra: Iterable[str] = ()) -> list[str]:
+    """The corpus's distinct words and punctuation, and `extra` words, sorted: the tokenizers'
+    learned pieces."""
+    return sorted(set(re.findall(r"[a-z]+|[^\sa-z]", " ".join(_corpus()))) | set(extra))
 
 
-def build_clip_tokenizer() -> CLIPTokenizer:
+def build_clip_tokenizer(extra_words: Iterable[str] = (), max_tokens: int = CLIP_MAX_TOKENS) -> CLIPTokenizer:
     """A byte-level BPE tokenizer in CLIP's format: the 256 byte symbols (alone and word-final),
     plus merges that spell each corpus word left to right. Built by rule rather than trained,
-    because the `tokenizers` trainers break ties differently from run to run."""
+    because the `tokenizers` trainers break ties differently from run to run.
+
+    `extra_words` are each one token: their merges come first, longest words first, so no
+    merge of another word splits them (BPE applies the first-ranked merge anywhere in a word).
+    """
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {symbol: i for i, symbol in enumerate(alphabet + [f"{s}</w>" for s in alphabet])}
     merges: list[tuple[str, str]] = []
-    for word in _words():
+    for word in [*sorted(set(extra_words), key=lambda word: (-len(word), word)), *_words()]:
         *head, last = word
         pieces = [*head, f"{last}</w>"]
         while len(pieces) > 1:
@@ -77,13 +83,14 @@ def build_clip_tokenizer() -> CLIPTokenizer:
                 merges.append(merge)
     for special in ("<|startoftext|>", "<|endoftext|>"):
         vocab[special] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CLIP_MAX_TOKENS)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_tokens)
 
 
-def build_t5_tokenizer() -> T5Tokenizer:
-    """A Unigram tokenizer in T5's format (pad=0, eos=1, unk=2): whole corpus words score
-    above single characters, so known words are one token and other ASCII text is spelled out."""
-    words = _words()
+def build_t5_tokenizer(extra_words: Iterable[str] = ()) -> T5Tokenizer:
+    """A Unigram tokenizer in T5's format (pad=0, eos=1, unk=2): whole corpus words (and
+    `extra_words`) score above single characters, so known words are one token and other ASCII
+    text is spelled out."""
+    words = _words(extra_words)
     characters = sorted(set(string.ascii_letters + string.digits + string.punctuation))
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
     pieces += [(f"▁{word}", -3.0) for word in words]
@@ -91,7 +98,7 @@ def build_t5_tokenizer() -> T5Tokenizer:
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
 
 
-def _clip_text_encoder(tokenizer: CLIPTokenizer, hidden_size: int) -> CLIPTextModelWithProjection:
+def clip_text_encoder(tokenizer: CLIPTokenizer, hidden_size: int) -> CLIPTextModelWithProjection:
     config = CLIPTextConfig(
         vocab_size=VOCAB_SIZE,
         hidden_size=hidden_size,
@@ -99,13 +106,30 @@ def _clip_text_encoder(tokenizer: CLIPTokenizer, hidden_size: int) -> CLIPTextMo
         projection_dim=hidden_size,
         num_hidden_layers=2,
         num_attention_heads=4,
-        max_position_embeddings=CLIP_MAX_TOKENS,
+        max_position_embeddings=tokenizer.model_max_length,
         hidden_act="gelu",
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     return CLIPTextModelWithProjection(config)
+
+
+def t5_text_encoder(tokenizer: T5Tokenizer, width: int) -> T5EncoderModel:
+    config = T5Config(
+        vocab_size=VOCAB_SIZE,
+        d_model=width,
+        d_kv=16,
+        d_ff=2 * width,
+        num_layers=2,
+        num_heads=4,
+        feed_forward_proj="gated-gelu",
+        is_gated_act=True,
+        dense_act_fn="gelu_new",
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return T5EncoderModel(config)
 
 
 def build_image_pipeline(seed: int = DEFAULT_SEED) -> StableDiffusion3Pipeline:
@@ -145,28 +169,14 @@ def build_image_pipeline(seed: int = DEFAULT_SEED) -> StableDiffusion3Pipeline:
         shift_factor=0.0609,
         scaling_factor=1.5305,
     )
-    t5 = T5EncoderModel(
-        T5Config(
-            vocab_size=VOCAB_SIZE,
-            d_model=t5_dim,
-            d_kv=16,
-            d_ff=128,
-            num_layers=2,
-            num_heads=4,
-            feed_forward_proj="gated-gelu",
-            is_gated_act=True,
-            dense_act_fn="gelu_new",
-            pad_token_id=t5_tokenizer.pad_token_id,
-            eos_token_id=t5_tokenizer.eos_token_id,
-        )
-    )
+    t5 = t5_text_encoder(t5_tokenizer, t5_dim)
     return StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=vae,
-        text_encoder=_clip_text_encoder(clip_tokenizer, clip_dims[0]),
+        text_encoder=clip_text_encoder(clip_tokenizer, clip_dims[0]),
         tokenizer=clip_tokenizer,
-        text_encoder_2=_clip_text_encoder(clip_tokenizer, clip_dims[1]),
+        text_encoder_2=clip_text_encoder(clip_tokenizer, clip_dims[1]),
         tokenizer_2=clip_tokenizer,
         text_encoder_3=t5,
         tokenizer_3=t5_tokenizer,

@@ -1,0 +1,80 @@
+"""The demo preset's architectures: SD3 and SVD, shrunk, for weights genserve trains itself.
+
+The demo model draws what `genserve.shapes` describes (a coloured shape on a plain background),
+so it must read its prompt: every grammar word is one token of the tokenizers, and the text
+encoders are trained with the transformer. The pictures are 64×64 with a VAE that downsamples
+by 4 (three levels instead of SD3's four), so a shape covers a 16×16 latent well enough to keep
+its kind. The pipelines are diffusers' own classes: the same `from_pretrained` path loads them.
+`models/train_demo.py` trains them.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+)
+
+from genserve.shapes import WORDS
+from genserve.tiny import build_clip_tokenizer, build_t5_tokenizer, clip_text_encoder, t5_text_encoder
+
+SIDE = 64  # the pictures' side, pixels
+#: Prompt tokens each text encoder reads: a grammar prompt is at most 11 words (13 CLIP tokens).
+MAX_TOKENS = 16
+CLIP_WIDTH = 32
+T5_WIDTH = 64  # SD3 zero-pads the two CLIP features (32 + 32) to the T5 width
+HEADS, HEAD_WIDTH = 2, 32
+
+
+def build_demo_image_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
+    """The untrained demo image pipeline: MMDiT (qk RMS-norm, a dual-attention layer), a
+    16-channel VAE, two CLIP text encoders and a T5 encoder, flow-matching Euler scheduler."""
+    torch.manual_seed(seed)
+    clip_tokenizer = build_clip_tokenizer(WORDS, max_tokens=MAX_TOKENS)
+    t5_tokenizer = build_t5_tokenizer(WORDS)
+    transformer = SD3Transformer2DModel(
+        sample_size=SIDE // 4,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=4,
+        attention_head_dim=HEAD_WIDTH,
+        num_attention_heads=HEADS,
+        joint_attention_dim=T5_WIDTH,
+        caption_projection_dim=HEADS * HEAD_WIDTH,
+        pooled_projection_dim=2 * CLIP_WIDTH,
+        pos_embed_max_size=32,  # latent 128 / patch 2... pictures up to 128×128
+        dual_attention_layers=(0,),
+        qk_norm="rms_norm",
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 32),  # three levels: x4 downsampling
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=8,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0,  # training sets both from its latents (models/train_demo.py)
+        scaling_factor=1.0,
+    )
+    clip_1 = clip_text_encoder(clip_tokenizer, CLIP_WIDTH)
+    clip_2 = clip_text_encoder(clip_tokenizer, CLIP_WIDTH)
+    t5 = t5_text_encoder(t5_tokenizer, T5_WIDTH)
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
+        vae=vae,
+        text_encoder=clip_1,
+        tokenizer=clip_tokenizer,
+        text_encoder_2=clip_2,
+        tokenizer_2=clip_tokenizer,
+        text_encoder_3=t5,
+        tokenizer_3=t5_tokenizer,
+    )

@@ -1,0 +1,62 @@
+"""The demo preset's groundwork: its architecture reads every grammar word as one token, loads
+through diffusers' own pipeline class, and a short training run lowers both losses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+from diffusers import StableDiffusion3Pipeline
+
+from genserve.demo import MAX_TOKENS, SIDE, build_demo_image_pipeline
+from genserve.shapes import WORDS
+
+
+@pytest.fixture(autouse=True)
+def importable_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """models/ holds scripts, run from the repository root, not a package."""
+    monkeypatch.syspath_prepend(str(ROOT / "models"))
+
+
+@pytest.fixture(scope="module")
+def demo_pipe() -> StableDiffusion3Pipeline:
+    return build_demo_image_pipeline()
+
+
+def test_every_grammar_word_is_one_token_of_every_tokenizer(demo_pipe) -> None:
+    for tokenizer in (demo_pipe.tokenizer, demo_pipe.tokenizer_2, demo_pipe.tokenizer_3):
+        assert {word: tokenizer.tokenize(word) for word in WORDS if len(tokenizer.tokenize(word)) != 1} == {}
+    longest = "a large orange triangle on a purple background at the bottom"
+    assert len(demo_pipe.tokenizer(longest).input_ids) <= MAX_TOKENS
+
+
+def test_the_demo_pipeline_loads_through_diffusers_and_makes_its_pictures(demo_pipe, tmp_path) -> None:
+    demo_pipe.save_pretrained(tmp_path)
+    loaded = StableDiffusion3Pipeline.from_pretrained(tmp_path)
+    assert loaded.vae_scale_factor == 4
+    images = loaded(
+        prompt=["a red circle", "a large blue square at the left"],
+        num_inference_steps=2,
+        generator=[torch.Generator().manual_seed(i) for i in range(2)],
+        max_sequence_length=MAX_TOKENS,
+        output_type="np",
+    ).images
+    assert images.shape == (2, SIDE, SIDE, 3)
+
+
+@pytest.mark.slow
+def test_a_short_training_run_lowers_both_losses() -> None:
+    from train_demo import Plan, draw_dataset, encode_latents, train_transformer, train_vae
+
+    plan = Plan(pictures=256, vae_steps=60, transformer_steps=60, transformer_batch=16)
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    pipe = build_demo_image_pipeline()
+    scenes, pictures = draw_dataset(plan.pictures, rng)
+    vae_losses = train_vae(pipe, pictures, plan, rng)
+    latents = encode_latents(pipe, pictures)
+    assert latents.std().item() == pytest.approx(1.0, rel=1e-3)
+    transformer_losses = train_transformer(pipe, scenes, latents, plan, rng)
+    for losses in (vae_losses, transformer_losses):
+        assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10]), losses
