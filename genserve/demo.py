@@ -46,7 +46,7 @@ def build_demo_image_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
         joint_attention_dim=T5_WIDTH,
         caption_projection_dim=HEADS * HEAD_WIDTH,
         pooled_projection_dim=2 * CLIP_WIDTH,
-        pos_embed_max_size=32,  # latent 128 / patch 2... pictures up to 128×128
+        pos_embed_max_size=32,  # 32 patches of 2 latent pixels: pictures up to 256×256
         dual_attention_layers=(0,),
         qk_norm="rms_norm",
     )
