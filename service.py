@@ -236,9 +236,8 @@ def answer(ctx: bentoml.Context, response: Response) -> Response:
     return response
 
 
-# Outermost first: turn a middleware's own failure into a logged 500 (BentoML's timeout would
-# otherwise hold the request), refuse without a key, refuse oversized or malformed bodies,
-# then serve /models and validate job submissions.
+# Outermost first: turn a middleware's own failure into a logged JSON 500, refuse without a
+# key, refuse oversized or malformed bodies, then serve /models and validate job submissions.
 GenServe.add_asgi_middleware(CatchErrors)
 GenServe.add_asgi_middleware(
     BearerAuth,

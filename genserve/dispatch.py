@@ -111,9 +111,10 @@ async def _call_once(generator: Any, queued: list[Queued], request: Request | No
     work = asyncio.ensure_future(generator.to_async.generate(queued))
     try:
         if request is not None and await _disconnected_before_done(work, request):
-            # Answered all the same, though nobody reads it: BentoML's timeout middleware holds
-            # a request that ends without a response until its timeout (minutes), and a server
-            # stopping waits for it (SIGTERM ended in SIGKILL after any client had left).
+            # Answered all the same, though nobody reads it: the log shows 499, and the request
+            # ends as a request rather than as an error. (A request ending without a response was
+            # held by BentoML's own timeout middleware until its timeout, and a stopping server
+            # waited for it; genserve/timeout.py replaces that middleware.)
             logger.info("client disconnected; cancelling its request")
             await _abandon(work, generator, queued)
             return everyone(CLIENT_LEFT)

@@ -249,11 +249,8 @@ class ValidateForm:
 
 
 class CatchErrors:
-    """ASGI middleware: an exception raised before a response started becomes a logged JSON 500.
-
-    genserve's middlewares run inside BentoML's timeout middleware, which would otherwise hold
-    such a request until the request timeout, with nothing logged.
-    """
+    """ASGI middleware: an exception raised before a response started becomes a logged JSON 500,
+    shaped like every other error of the API (Starlette's own answer is a plain-text 500)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

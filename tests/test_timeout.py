@@ -14,6 +14,7 @@ import weakref
 from conftest import ROOT
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from genserve.http import CatchErrors
 from genserve.timeout import RequestTimeout
 
 #: BentoML's own class, whatever its module holds once cancel_timers_when_done() has run.
@@ -121,6 +122,23 @@ def test_an_app_s_error_goes_up_at_once_not_after_the_timeout() -> None:
         raise AssertionError("the error was swallowed")
 
     assert asyncio.run(run()) < 1
+
+
+def test_a_failing_middleware_is_answered_at_once_with_a_json_500() -> None:
+    """As service.py chains them: genserve's CatchErrors inside the request timeout."""
+
+    async def broken(scope: Scope, receive: Receive, send: Send) -> None:
+        raise RuntimeError("broken")
+
+    async def run() -> tuple[list[Message], float]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        sent = await _call(RequestTimeout, CatchErrors(broken))
+        return sent, loop.time() - started
+
+    [start, body], elapsed = asyncio.run(run())
+    assert start["status"] == 500 and elapsed < 0.2  # 0.2 s: the timeout
+    assert json.loads(body["body"]) == {"error": "internal error; see the server log"}
 
 
 # A worker's order, in a process of its own: service.py first, then BentoML builds the app's
