@@ -53,8 +53,8 @@ test: lint
 bench: setup
 	$(BIN)/python -m bench
 
-# Memory under a long mixed load (bench/README.md): every process's growth per 1,000 requests,
-# ~12 minutes; REQUESTS=N per phase (default 4000). The report and plot go to bench/results/.
+# Memory under a long load of every kind (bench/README.md): each process's growth per 1,000 requests,
+# ~14 minutes; REQUESTS=N per phase (default 4000). The report and plot go to bench/results/
 REQUESTS ?= 4000
 soak: setup
 	$(BIN)/python -m bench.soak --requests $(REQUESTS)

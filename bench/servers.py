@@ -18,6 +18,7 @@ from genserve.processes import (
     process_tree,
     start_process,
     stop_process_tree,
+    tiny_import_command,
     wait_until_ready,
 )
 
@@ -54,16 +55,24 @@ class Server:
     process: subprocess.Popen
     cold_start_s: float
 
-    def peak_rss(self) -> dict[str, int]:
-        """Peak RSS of each process of the tree, by role."""
+    def by_role(self, measure: Callable[[psutil.Process], int]) -> dict[str, int]:
+        """`measure` of the tree's processes, added up by role (a service's workers together)."""
         sizes: dict[str, int] = {}
         for process in process_tree(self.process.pid):
             try:
-                name = role(process, self.process.pid)
-            except psutil.Error:
+                name, size = role(process, self.process.pid), measure(process)
+            except psutil.Error:  # a process that ended between listing and reading
                 continue
-            sizes[name] = sizes.get(name, 0) + peak_rss(process.pid)
+            sizes[name] = sizes.get(name, 0) + size
         return sizes
+
+    def peak_rss(self) -> dict[str, int]:
+        """Peak RSS of each role's processes."""
+        return self.by_role(lambda process: peak_rss(process.pid))
+
+    def rss(self) -> dict[str, int]:
+        """RSS now of each role's processes."""
+        return self.by_role(lambda process: process.memory_info().rss)
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) the tree has used so far: steadier than wall time on a busy machine."""
@@ -100,11 +109,7 @@ def start(name: str, command: Callable[[int], list[str]], env: dict[str, str], l
 
 def import_tiny_models() -> None:
     """The tiny preset in the model store, as `make models` puts it there (skipped when present)."""
-    subprocess.run(
-        [sys.executable, "models/import_models.py", "--image", "tiny", "--video", "tiny"],
-        cwd=ROOT,
-        check=True,
-    )
+    subprocess.run(tiny_import_command(), cwd=ROOT, check=True)
 
 
 def baseline_command(port: int) -> list[str]:

@@ -23,13 +23,12 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
-import psutil
 from PIL import Image
 
-from bench.servers import ROOT, Server, import_tiny_models, role, start
+from bench.servers import ROOT, Server, import_tiny_models, start
 from genserve.http import JOB_POLL_INTERVAL_S, JOB_RUNNING
 from genserve.presets import MIN_FRAMES
-from genserve.processes import process_tree, serve_command
+from genserve.processes import serve_command
 
 MIB = 1024 * 1024
 #: The target: less than this many MiB kept per 1,000 requests, by every process, after warm-up.
@@ -88,17 +87,6 @@ def net_growth_per_1000(phases: list[Phase], process: str) -> float:
     warmed = [phase for phase in phases if not phase.measured][-1]
     served = sum(phase.samples[-1][0] for phase in measured)
     return (measured[-1].samples[-1][1][process] - warmed.samples[-1][1][process]) / MIB / served * 1000
-
-
-def process_rss(server: Server) -> dict[str, int]:
-    """The RSS of each process of the server's tree, by role (the arbiter and each service)."""
-    sizes: dict[str, int] = {}
-    for process in process_tree(server.process.pid):
-        try:
-            sizes[role(process, server.process.pid)] = process.memory_info().rss
-        except psutil.Error:  # a process that ended between listing and reading
-            continue
-    return sizes
 
 
 def _picture(index: int) -> bytes:
@@ -181,7 +169,7 @@ async def run_phase(server: Server, phase: Phase, clients: int, sample_every_s: 
 
     async def sample() -> None:
         while True:
-            phase.samples.append((served, process_rss(server)))
+            phase.samples.append((served, server.rss()))
             await asyncio.sleep(sample_every_s)
 
     started = time.perf_counter()
@@ -190,7 +178,7 @@ async def run_phase(server: Server, phase: Phase, clients: int, sample_every_s: 
         sampler = asyncio.create_task(sample())
         await asyncio.gather(*(one_client(Client(session, server.url)) for _ in range(clients)))
         sampler.cancel()
-    phase.samples.append((served, process_rss(server)))
+    phase.samples.append((served, server.rss()))
     phase.wall_s = time.perf_counter() - started
 
 
@@ -200,7 +188,8 @@ def long_lived(phases: list[Phase]) -> list[str]:
     return sorted(set.intersection(*samples))
 
 
-def report(phases: list[Phase], clients: int, plot_name: str) -> str:
+def report(phases: list[Phase], clients: int, started: str, plot_name: str) -> str:
+    """The markdown report of a run that `started` (a UTC time)."""
     processes = long_lived(phases)
     measured = [phase for phase in phases if phase.measured]
     warmups = [phase for phase in phases if not phase.measured]
@@ -214,7 +203,7 @@ def report(phases: list[Phase], clients: int, plot_name: str) -> str:
         f"steps), after its first {WARMUP_SHARE:.0%}; the whole run's is RSS at its end less RSS after "
         f"the warm-ups. Target: < {TARGET_MIB_PER_1000} MiB per 1,000 requests for every process.",
         "",
-        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores.",
+        f"Run {started}, {os.cpu_count()} cores.",
         "",
         "| phase | requests | requests/s | failed |",
         "|---|---|---|---|",
@@ -283,6 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.update(GENSERVE_IMAGE_PRESET="tiny", GENSERVE_VIDEO_PRESET="tiny")
     args.out.mkdir(parents=True, exist_ok=True)
     import_tiny_models()
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     server = start("soak", serve_command, {}, args.out)
     phases = [
         Phase(name, kinds, args.warmup if name in WARMUPS else args.requests)
@@ -300,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"  the first failure: {phase.failures[0]}", flush=True)
     finally:
         server.stop()
-    text = report(phases, args.clients, "soak.png")
+    text = report(phases, args.clients, started, "soak.png")
     plot(phases, args.out / "soak.png")
     (args.out / "soak.md").write_text(text)
     samples = {phase.name: phase.samples for phase in phases}

@@ -31,6 +31,11 @@ def serve_command(port: int) -> list[str]:
     return [sys.executable, "-m", "bentoml", "serve", "service.py", "--host=127.0.0.1", f"--port={port}"]
 
 
+def tiny_import_command() -> list[str]:
+    """The tiny preset into the model store, as `make models` does (from the repository root)."""
+    return [sys.executable, "models/import_models.py", "--image", "tiny", "--video", "tiny"]
+
+
 def private_bentoml_home(directory: Path) -> Path:
     """A BENTOML_HOME of a server's own in `directory` that shares the current model store.
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from genserve.processes import (
     private_bentoml_home,
     serve_command,
     start_process,
+    tiny_import_command,
     wait_until_ready,
 )
 from genserve.processes import stop_process_tree as stop
@@ -41,11 +41,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def tiny_models() -> None:
     """The tiny preset in the model store, imported by the same command `make serve` runs."""
-    subprocess.run(
-        [sys.executable, str(ROOT / "models" / "import_models.py"), "--image", "tiny", "--video", "tiny"],
-        check=True,
-        cwd=ROOT,
-    )
+    subprocess.run(tiny_import_command(), check=True, cwd=ROOT)
 
 
 @pytest.fixture(scope="session")
