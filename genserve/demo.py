@@ -11,15 +11,10 @@ its kind. The pipelines are diffusers' own classes: the same `from_pretrained` p
 from __future__ import annotations
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    FlowMatchEulerDiscreteScheduler,
-    SD3Transformer2DModel,
-    StableDiffusion3Pipeline,
-)
+from diffusers import AutoencoderKL, SD3Transformer2DModel, StableDiffusion3Pipeline
 
 from genserve.shapes import WORDS
-from genserve.tiny import build_clip_tokenizer, build_t5_tokenizer, clip_text_encoder, t5_text_encoder
+from genserve.tiny import build_clip_tokenizer, build_t5_tokenizer, sd3_pipeline
 
 SIDE = 64  # the pictures' side, pixels
 #: Prompt tokens each text encoder reads: a grammar prompt is at most 11 words (13 CLIP tokens).
@@ -64,17 +59,5 @@ def build_demo_image_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
         shift_factor=0.0,  # training sets both from its latents (models/train_demo.py)
         scaling_factor=1.0,
     )
-    clip_1 = clip_text_encoder(clip_tokenizer, CLIP_WIDTH)
-    clip_2 = clip_text_encoder(clip_tokenizer, CLIP_WIDTH)
-    t5 = t5_text_encoder(t5_tokenizer, T5_WIDTH)
-    return StableDiffusion3Pipeline(
-        transformer=transformer,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
-        vae=vae,
-        text_encoder=clip_1,
-        tokenizer=clip_tokenizer,
-        text_encoder_2=clip_2,
-        tokenizer_2=clip_tokenizer,
-        text_encoder_3=t5,
-        tokenizer_3=t5_tokenizer,
-    )
+    clip_widths = (CLIP_WIDTH, CLIP_WIDTH)
+    return sd3_pipeline(transformer, vae, (clip_tokenizer, clip_widths), (t5_tokenizer, T5_WIDTH), shift=1.0)

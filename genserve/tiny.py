@@ -98,7 +98,7 @@ def build_t5_tokenizer(extra_words: Iterable[str] = ()) -> T5Tokenizer:
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
 
 
-def clip_text_encoder(tokenizer: CLIPTokenizer, hidden_size: int) -> CLIPTextModelWithProjection:
+def _clip_text_encoder(tokenizer: CLIPTokenizer, hidden_size: int) -> CLIPTextModelWithProjection:
     config = CLIPTextConfig(
         vocab_size=VOCAB_SIZE,
         hidden_size=hidden_size,
@@ -115,7 +115,7 @@ def clip_text_encoder(tokenizer: CLIPTokenizer, hidden_size: int) -> CLIPTextMod
     return CLIPTextModelWithProjection(config)
 
 
-def t5_text_encoder(tokenizer: T5Tokenizer, width: int) -> T5EncoderModel:
+def _t5_text_encoder(tokenizer: T5Tokenizer, width: int) -> T5EncoderModel:
     config = T5Config(
         vocab_size=VOCAB_SIZE,
         d_model=width,
@@ -130,6 +130,31 @@ def t5_text_encoder(tokenizer: T5Tokenizer, width: int) -> T5EncoderModel:
         eos_token_id=tokenizer.eos_token_id,
     )
     return T5EncoderModel(config)
+
+
+def sd3_pipeline(
+    transformer: SD3Transformer2DModel,
+    vae: AutoencoderKL,
+    clip: tuple[CLIPTokenizer, tuple[int, int]],
+    t5: tuple[T5Tokenizer, int],
+    shift: float,
+) -> StableDiffusion3Pipeline:
+    """SD3's pipeline around `transformer` and `vae`, with new text encoders: two CLIPs sharing one
+    tokenizer (`clip`: it and their widths) and a T5 (`t5`: its tokenizer and width). The T5 is
+    built first, so a seed gives the same weights as it always has."""
+    (clip_tokenizer, (clip_width, clip_2_width)), (t5_tokenizer, t5_width) = clip, t5
+    t5_encoder = _t5_text_encoder(t5_tokenizer, t5_width)
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=shift),
+        vae=vae,
+        text_encoder=_clip_text_encoder(clip_tokenizer, clip_width),
+        tokenizer=clip_tokenizer,
+        text_encoder_2=_clip_text_encoder(clip_tokenizer, clip_2_width),
+        tokenizer_2=clip_tokenizer,
+        text_encoder_3=t5_encoder,
+        tokenizer_3=t5_tokenizer,
+    )
 
 
 def build_image_pipeline(seed: int = DEFAULT_SEED) -> StableDiffusion3Pipeline:
@@ -169,18 +194,7 @@ def build_image_pipeline(seed: int = DEFAULT_SEED) -> StableDiffusion3Pipeline:
         shift_factor=0.0609,
         scaling_factor=1.5305,
     )
-    t5 = t5_text_encoder(t5_tokenizer, t5_dim)
-    return StableDiffusion3Pipeline(
-        transformer=transformer,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=vae,
-        text_encoder=clip_text_encoder(clip_tokenizer, clip_dims[0]),
-        tokenizer=clip_tokenizer,
-        text_encoder_2=clip_text_encoder(clip_tokenizer, clip_dims[1]),
-        tokenizer_2=clip_tokenizer,
-        text_encoder_3=t5,
-        tokenizer_3=t5_tokenizer,
-    )
+    return sd3_pipeline(transformer, vae, (clip_tokenizer, clip_dims), (t5_tokenizer, t5_dim), shift=3.0)
 
 
 def build_video_pipeline(seed: int = DEFAULT_SEED) -> StableVideoDiffusionPipeline:
