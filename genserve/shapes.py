@@ -132,11 +132,17 @@ class Reading:
     #: The centre of the shape's bounding box, (x, y) in pixels.
     centre: tuple[float, float] | None = None
 
+    def agrees(self, request: Request) -> dict[str, bool]:
+        """For each part of a prompt (shape, colour, background, size, place): whether the picture
+        shows what the prompt names there; a part it leaves open may be anything."""
+        return {
+            part: getattr(request, part) in (None, getattr(self, part))
+            for part in ("shape", "colour", "background", "size", "place")
+        }
+
     def shows(self, request: Request) -> bool:
-        """Whether the picture shows everything the prompt names (what it leaves open may be anything)."""
-        named = (request.shape, request.colour, request.background, request.size, request.place)
-        seen = (self.shape, self.colour, self.background, self.size, self.place)
-        return all(want is None or want == got for want, got in zip(named, seen, strict=True))
+        """Whether the picture shows everything the prompt names."""
+        return all(self.agrees(request).values())
 
 
 @dataclass(frozen=True)

@@ -174,13 +174,11 @@ def evaluate(pipe: StableDiffusion3Pipeline, plan: Plan, seed: int) -> dict[str,
         max_sequence_length=MAX_TOKENS,
         output_type="np",
     ).images
-    right = {"colour": 0, "background": 0, "shape": 0, "place": 0, "size": 0}
-    for prompt, image in zip(prompts, images, strict=True):
-        asked, seen = parse(prompt), read_picture((image * 255).round().astype(np.uint8))
-        for part in right:
-            wanted = getattr(asked, part)
-            right[part] += wanted is None or wanted == getattr(seen, part)
-    return {part: count / len(prompts) for part, count in right.items()}
+    agreements = [
+        read_picture((image * 255).round().astype(np.uint8)).agrees(parse(prompt))
+        for prompt, image in zip(prompts, images, strict=True)
+    ]
+    return {part: float(np.mean([agreed[part] for agreed in agreements])) for part in agreements[0]}
 
 
 def main(argv: list[str] | None = None) -> None:

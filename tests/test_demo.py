@@ -1,5 +1,5 @@
 """The demo preset's groundwork: its architecture reads every grammar word as one token, loads
-through diffusers' own pipeline class, and a short training run lowers both losses."""
+through diffusers' own pipeline class, and a short training run lowers both losses and is evaluated."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_the_demo_pipeline_loads_through_diffusers_and_makes_its_pictures(demo_p
 
 @pytest.mark.slow
 def test_a_short_training_run_lowers_both_losses() -> None:
-    from train_demo import Plan, draw_dataset, encode_latents, train_transformer, train_vae
+    from train_demo import Plan, draw_dataset, encode_latents, evaluate, train_transformer, train_vae
 
     plan = Plan(pictures=256, vae_steps=60, transformer_steps=60, transformer_batch=16)
     rng = np.random.default_rng(0)
@@ -60,3 +60,6 @@ def test_a_short_training_run_lowers_both_losses() -> None:
     transformer_losses = train_transformer(pipe, scenes, latents, plan, rng)
     for losses in (vae_losses, transformer_losses):
         assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10]), losses
+    accuracy = evaluate(pipe, Plan(eval_prompts=4, eval_steps=1), seed=1)  # generated, read back
+    assert set(accuracy) == {"shape", "colour", "background", "size", "place"}
+    assert all(0 <= share <= 1 for share in accuracy.values())

@@ -187,6 +187,7 @@ def test_a_reading_shows_what_its_prompt_names() -> None:
         reading = read_picture(draw(resolve(prompt, rng), SIDE, rng))
         assert reading.shows(parse(prompt)), (prompt, reading)
     assert not reading.shows(parse("a green cat"))
+    assert reading.agrees(parse("a green cat"))["colour"] is False
 
 
 def shape_moving_right(step: int, frames: int = 8) -> np.ndarray:
