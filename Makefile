@@ -10,7 +10,7 @@ GRPC_PORT ?= 50051
 # The UI calls the API on this machine: 0.0.0.0 is where to listen, not an address to call.
 API_URL := http://$(if $(filter 0.0.0.0,$(HOST)),127.0.0.1,$(HOST)):$(PORT)
 
-.PHONY: setup models serve grpc test lint image-test bench soak
+.PHONY: setup models demo-model serve grpc test lint image-test bench soak demo-accuracy
 
 setup: $(INSTALLED)
 
@@ -21,9 +21,17 @@ $(INSTALLED): requirements*.txt pyproject.toml
 	$(BIN)/pip install --quiet -r requirements-dev.txt -e .
 	touch $@
 
-# The tiny preset, built locally into the BentoML model store (skipped when present).
+# The default presets into the BentoML model store, skipped when already there: the demo image
+# model (weights committed under models/demo/) and the tiny preset (built here, random weights:
+# the default video model until the demo's is trained, and the tests' models).
 models: setup
+	$(BIN)/python models/import_models.py --image demo
 	$(BIN)/python models/import_models.py --image tiny --video tiny
+
+# Trains the demo image model again into models/demo/ (about 19 minutes on 2 idle cores);
+# `make models` then imports the new weights.
+demo-model: setup
+	$(BIN)/python models/train_demo.py --out models/demo
 
 # The API on http://$(HOST):$(PORT) (docs at /) and the web UI on http://$(HOST):$(UI_PORT).
 # Ctrl-C stops both, and so does the API stopping. The UI sends the first GENSERVE_API_KEYS key.
@@ -58,6 +66,11 @@ bench: setup
 REQUESTS ?= 4000
 soak: setup
 	$(BIN)/python -m bench.soak --requests $(REQUESTS)
+
+# How well the served demo preset follows its prompts (bench/README.md): 48 prompts sent 16 at a
+# time and 10 videos, read back; the report goes to bench/results/, its figure to docs/demo.png.
+demo-accuracy: setup
+	$(BIN)/python -m bench.demo --figure docs/demo.png
 
 # The container image's CPU variant, built from the bento with podman and run: an image and a
 # video made through its port, a clean SIGTERM stop (docs/deploy.md). Root, podman, mmdebstrap.

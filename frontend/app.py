@@ -26,6 +26,10 @@ from genserve.presets import (
     UPLOAD_FORMATS,
 )
 from genserve.schemas import MAX_SEED, MIN_SIZE, ImageRequest, VideoRequest, random_seed
+from genserve.shapes import COLOURS, GRAMMAR, SHAPES
+
+#: A prompt the demo preset follows, and that any other model draws too.
+EXAMPLE_PROMPT = "a red circle on a blue background"
 
 #: Results a session keeps (newest first): they are held in the UI server's memory.
 GALLERY_SIZE = 24
@@ -253,9 +257,7 @@ def generate(api: GenServe, label: str, call: Callable[[], bytes]) -> bytes | No
 
 
 def prompt_input(key: str) -> str:
-    return st.text_area(
-        LABELS["prompt"], max_chars=MAX_PROMPT_CHARS, key=key, placeholder="a red cat flying through space"
-    )
+    return st.text_area(LABELS["prompt"], max_chars=MAX_PROMPT_CHARS, key=key, placeholder=EXAMPLE_PROMPT)
 
 
 def text_to_image(api: GenServe, params: Parameters) -> None:
@@ -359,6 +361,11 @@ def main() -> None:
     api, models = connect(connection)
     presets = f"image model {models['image']['name']} · video model {models['video']['name']}"
     st.caption(f"API {connection.url} · {presets}")
+    if models["image"]["name"] == "demo":
+        st.info(
+            f"The demo model draws one coloured shape on a plain background. Prompts: `{GRAMMAR}`; "
+            f"colours: {', '.join(COLOURS)}; shapes: {', '.join(SHAPES)}."
+        )
     params = sidebar(api, models)
     t2i, i2v, t2v = st.tabs(["Text → image", "Image → video", "Text → video"])
     below = st.container()

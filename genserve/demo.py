@@ -1,11 +1,11 @@
-"""The demo preset's architectures: SD3 and SVD, shrunk, for weights genserve trains itself.
+"""The demo preset's image architecture: SD3, shrunk, for weights genserve trains itself.
 
 The demo model draws what `genserve.shapes` describes (a coloured shape on a plain background),
 so it must read its prompt: every grammar word is one token of the tokenizers, and the text
 encoders are trained with the transformer. The pictures are 64×64 with a VAE that downsamples
 by 4 (three levels instead of SD3's four), so a shape covers a 16×16 latent well enough to keep
-its kind. The pipelines are diffusers' own classes: the same `from_pretrained` path loads them.
-`models/train_demo.py` trains them.
+its kind. The pipeline is diffusers' own class: the same `from_pretrained` path loads it.
+`models/train_demo.py` trains it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ SIDE = 64  # the pictures' side, pixels
 MAX_TOKENS = 16
 CLIP_WIDTH = 32
 T5_WIDTH = 64  # SD3 zero-pads the two CLIP features (32 + 32) to the T5 width
-HEADS, HEAD_WIDTH = 2, 32
+HEADS, HEAD_WIDTH = 3, 32
+#: The flow-matching timestep shift, in training and in the scheduler: SD3.5's own value.
+TIMESTEP_SHIFT = 3.0
 
 
 def build_demo_image_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
@@ -41,7 +43,10 @@ def build_demo_image_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
         joint_attention_dim=T5_WIDTH,
         caption_projection_dim=HEADS * HEAD_WIDTH,
         pooled_projection_dim=2 * CLIP_WIDTH,
-        pos_embed_max_size=32,  # 32 patches of 2 latent pixels: pictures up to 256×256
+        # The positional grid's unit is one patch only when it is sample_size / patch_size wide:
+        # wider, SD3 squeezes its positions and neighbouring patches look alike (the model did not
+        # learn where to put a shape). So 64×64 is the largest picture, the one it is trained at.
+        pos_embed_max_size=SIDE // 4 // 2,
         dual_attention_layers=(0,),
         qk_norm="rms_norm",
     )
@@ -59,5 +64,5 @@ def build_demo_image_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
         shift_factor=0.0,  # training sets both from its latents (models/train_demo.py)
         scaling_factor=1.0,
     )
-    clip_widths = (CLIP_WIDTH, CLIP_WIDTH)
-    return sd3_pipeline(transformer, vae, (clip_tokenizer, clip_widths), (t5_tokenizer, T5_WIDTH), shift=1.0)
+    clip = (clip_tokenizer, (CLIP_WIDTH, CLIP_WIDTH))
+    return sd3_pipeline(transformer, vae, clip, (t5_tokenizer, T5_WIDTH), TIMESTEP_SHIFT)

@@ -47,7 +47,7 @@ def pick_device(settings: Settings) -> torch.device:
     """CUDA when asked for or available ("auto"), the CPU otherwise."""
     if settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
-    if settings.image_preset.name != "tiny" or settings.video_preset.name != "tiny":
+    if not (settings.image_preset.embedded and settings.video_preset.embedded):
         # Typically two generators with a whole GPU each on a one-GPU host: BentoML hands the
         # second one CUDA_VISIBLE_DEVICES=1. Set GENSERVE_IMAGE_GPUS/VIDEO_GPUS=0.5 there.
         logger.warning("no CUDA device visible: running a full-size preset on the CPU will be very slow")

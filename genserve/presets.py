@@ -59,6 +59,7 @@ class ImagePreset:
     max_guidance: float = 20.0
     gated: bool = False
     cpu_threads: int = 0  # torch threads per generator worker on a CPU; 0: torch's default (all cores)
+    embedded: bool = False  # built or trained by genserve, small enough for a CPU
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class VideoPreset:
     max_guidance_scale: float = 3.0
     decode_chunk_size: int = 8  # frames the temporal VAE decodes at once: bounds its memory
     cpu_threads: int = 0  # torch threads per generator worker on a CPU; 0: torch's default (all cores)
+    embedded: bool = False  # built or trained by genserve, small enough for a CPU
 
 
 # The tiny models' operations are too small to split between cores: a second torch thread
@@ -142,6 +144,22 @@ IMAGE_PRESETS: dict[str, ImagePreset] = {
             max_sequence_length=64,
             batching=Batching(max_batch_size=8, max_latency_ms=60_000),
             cpu_threads=TINY_CPU_THREADS,
+            embedded=True,
+        ),
+        ImagePreset(
+            name="demo",  # trained on the CPU to draw coloured shapes (genserve/shapes.py)
+            source=f"bentoml:{store_tag('image', 'demo')}",
+            cuda_dtype="float32",
+            default_width=64,  # the size it was trained at, the only one it draws well
+            default_height=64,
+            max_width=64,
+            max_height=64,
+            default_steps=8,  # as accurate as 12 or 24 (docs/demo-training.md)
+            max_steps=50,
+            default_guidance=4.0,
+            max_sequence_length=16,  # a grammar prompt is at most 13 tokens
+            batching=Batching(max_batch_size=16, max_latency_ms=60_000),
+            embedded=True,
         ),
         _SD35_LARGE,
         replace(
@@ -182,6 +200,7 @@ VIDEO_PRESETS: dict[str, VideoPreset] = {
             max_steps=25,
             batching=Batching(max_batch_size=4, max_latency_ms=120_000),
             cpu_threads=TINY_CPU_THREADS,
+            embedded=True,
         ),
         _SVD_XT,
         replace(

@@ -36,6 +36,12 @@ def tiny_import_command() -> list[str]:
     return [sys.executable, "models/import_models.py", "--image", "tiny", "--video", "tiny"]
 
 
+def demo_import_command() -> list[str]:
+    """The demo preset (image only: no demo video model yet) into the model store, as `make models`
+    does (from the repository root)."""
+    return [sys.executable, "models/import_models.py", "--image", "demo"]
+
+
 def private_bentoml_home(directory: Path) -> Path:
     """A BENTOML_HOME of a server's own in `directory` that shares the current model store.
 

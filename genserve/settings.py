@@ -17,6 +17,10 @@ from genserve.presets import ImagePreset, VideoPreset, image_preset, video_prese
 N = TypeVar("N", int, float)
 B = TypeVar("B", bool, None)
 DEVICES = ("auto", "cpu", "cuda")
+#: The presets when none is chosen. The demo image model, trained by genserve, shows on a CPU what
+#: it does; the demo video model is not trained yet (docs/demo-training.md), so video is tiny's.
+DEFAULT_IMAGE_PRESET = "demo"
+DEFAULT_VIDEO_PRESET = "tiny"
 DEFAULT_TIMEOUT_S = 900
 DEFAULT_API_URL = "http://127.0.0.1:3000"  # `make serve`'s address
 #: Default queue bound of a generator, in batches: enough to keep it busy, short enough that a
@@ -107,8 +111,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
-        image = image_preset(environ.get("GENSERVE_IMAGE_PRESET") or "tiny")
-        video = video_preset(environ.get("GENSERVE_VIDEO_PRESET") or "tiny")
+        image = image_preset(environ.get("GENSERVE_IMAGE_PRESET") or DEFAULT_IMAGE_PRESET)
+        video = video_preset(environ.get("GENSERVE_VIDEO_PRESET") or DEFAULT_VIDEO_PRESET)
         device = environ.get("GENSERVE_DEVICE") or "auto"
         if device not in DEVICES:
             raise ValueError(f"GENSERVE_DEVICE={device!r} must be one of {DEVICES}")

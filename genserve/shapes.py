@@ -36,6 +36,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "black": (20, 20, 20),
 }
 SHAPES = ("circle", "square", "triangle")
+#: The grammar, as the web UI shows it to people trying the demo preset.
+GRAMMAR = "a[n] [small|large] <colour> <shape> [on a[n] <colour> background] [at the left|right|top|bottom]"
 #: The shape's width and height as a fraction of the picture's side.
 SIZES = {"small": 0.22, "medium": 0.36, "large": 0.54}
 #: Where the shape's centre (the centre of its bounding box) goes, as (x, y) fractions of the side.
@@ -64,6 +66,10 @@ SIZE_JITTER = 0.08
 PLACE_JITTER = 0.03
 #: The shape keeps this fraction of the side away from the edges, so the border is background.
 MARGIN = 0.05
+#: Video: how far a shape moves per frame at motion_bucket_id 255, as a fraction of the side (the
+#: speed is proportional to the bucket), and the directions it may move in (x, y; y down).
+MAX_SPEED = 1 / 32
+DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1))
 #: Shapes are drawn this many times larger, then scaled down: area-averaged, anti-aliased edges.
 SUPERSAMPLING = 4
 
@@ -244,16 +250,48 @@ def sample_prompt(rng: np.random.Generator) -> str:
 
 def draw(scene: Scene, side: int, rng: np.random.Generator) -> np.ndarray:
     """A `side` x `side` RGB uint8 picture of `scene`; `rng` jitters the shape's size and position."""
-    extent = SIZES[scene.size] * rng.uniform(1 - SIZE_JITTER, 1 + SIZE_JITTER)
+    extent = _jittered_extent(scene, rng)
     half = extent / 2
     x, y = (
         float(np.clip(target + rng.uniform(-PLACE_JITTER, PLACE_JITTER), half + MARGIN, 1 - half - MARGIN))
         for target in PLACES[scene.place]
     )
+    return _render(scene, side, extent, (x, y))
+
+
+def draw_clip(
+    scene: Scene, side: int, frames: int, motion_bucket_id: int, rng: np.random.Generator
+) -> np.ndarray:
+    """`frames` pictures (frames x side x side x 3, uint8) of `scene`'s shape moving: what the demo
+    video model learns. The shape starts anywhere (a picture a user drew may put it anywhere), moves
+    in a direction `rng` picks, at a speed that grows with `motion_bucket_id` (0-255, as SVD's), and
+    bounces off the margins so that it keeps moving. The first frame is a picture like `draw`'s."""
+    extent = _jittered_extent(scene, rng)
+    low, high = extent / 2 + MARGIN, 1 - extent / 2 - MARGIN
+    start = rng.uniform(low, high, size=2)
+    step = np.array(DIRECTIONS[int(rng.integers(len(DIRECTIONS)))]) * MAX_SPEED * motion_bucket_id / 255
+    return np.stack(
+        [_render(scene, side, extent, _bounce(start + frame * step, low, high)) for frame in range(frames)]
+    )
+
+
+def _jittered_extent(scene: Scene, rng: np.random.Generator) -> float:
+    return SIZES[scene.size] * rng.uniform(1 - SIZE_JITTER, 1 + SIZE_JITTER)
+
+
+def _bounce(position: np.ndarray, low: float, high: float) -> tuple[float, float]:
+    """`position` folded back into [low, high] on each axis, as a ball bounces between two walls."""
+    span = high - low
+    folded = np.abs((position - low) % (2 * span) - span)  # distance from the far wall
+    return tuple(float(value) for value in high - folded)
+
+
+def _render(scene: Scene, side: int, extent: float, centre: tuple[float, float]) -> np.ndarray:
+    """The picture of `scene`'s shape, `extent` of the side wide, centred on `centre` (fractions)."""
     # The bounding box lies on whole pixels: a square's edges are crisp, never a row of half-covered
     # pixels that blur and noise could tip either way.
     span = round(extent * side)
-    left, top = (round(centre * side - span / 2) * SUPERSAMPLING for centre in (x, y))
+    left, top = (round(position * side - span / 2) * SUPERSAMPLING for position in centre)
     # Pillow's boxes include their right and bottom edges.
     right, bottom = (start + span * SUPERSAMPLING - 1 for start in (left, top))
     image = Image.new("RGB", (side * SUPERSAMPLING, side * SUPERSAMPLING), COLOURS[scene.background])

@@ -1,9 +1,11 @@
 """Put a preset's models into the BentoML model store, where the service and the bento find them.
 
+    python models/import_models.py --image demo --video demo        # committed weights, offline
     python models/import_models.py --image tiny --video tiny        # built locally, offline
     python models/import_models.py --image sd35-large --video svd-xt  # downloaded from the Hub
 
-The tiny preset is built here from seeded random weights. The real presets are downloaded
+The demo preset's weights are in the repository (models/demo/, trained by models/train_demo.py);
+the tiny preset is built here from seeded random weights. The real presets are downloaded
 from the Hugging Face Hub (SD3.5 is gated: accept its licence on the Hub and set HF_TOKEN).
 Each lands under `genserve-image-<preset>` / `genserve-video-<preset>`; point the service
 at an imported real model with e.g. GENSERVE_IMAGE_MODEL=bentoml:genserve-image-sd35-large.
@@ -12,6 +14,8 @@ at an imported real model with e.g. GENSERVE_IMAGE_MODEL=bentoml:genserve-image-
 from __future__ import annotations
 
 import argparse
+import hashlib
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,21 +24,39 @@ import bentoml
 from genserve import tiny
 from genserve.presets import IMAGE_PRESETS, VIDEO_PRESETS, store_tag
 
+#: The demo preset's trained pipelines, in the diffusers layout: `make demo-model` writes them.
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+
 # Weights in these formats only: the hub repos also hold single-file checkpoints we never load.
 HUB_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors"]
 
 
-def _in_store(tag: str) -> bool:
+def _stored_digest(tag: str) -> str | None:
+    """The digest of the model under `tag` in the store ("" for a model without one); None if absent."""
     try:
-        bentoml.models.get(tag)
+        return bentoml.models.get(tag).info.metadata.get("digest", "")
     except bentoml.exceptions.NotFound:
-        return False
-    return True
+        return None
+
+
+def _digest(folder: Path) -> str:
+    """A hash of every file under `folder`, names included: a retrained demo model differs."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _build_tiny(kind: str, target: Path) -> None:
     builder = tiny.build_image_pipeline if kind == "image" else tiny.build_video_pipeline
     builder().save_pretrained(target)
+
+
+def _copy_demo(kind: str, target: Path) -> None:
+    source = DEMO_DIR / kind
+    if not (source / "model_index.json").is_file():
+        sys.exit(f"the demo {kind} model is missing from {source}: train it with `make demo-model`")
+    shutil.copytree(source, target, dirs_exist_ok=True)
 
 
 def _download(repo_id: str, variant: str | None, target: Path) -> None:
@@ -66,17 +88,21 @@ def import_model(kind: str, preset_name: str, force: bool = False) -> str:
     presets = IMAGE_PRESETS if kind == "image" else VIDEO_PRESETS
     preset = presets[preset_name]
     tag = store_tag(kind, preset_name)
-    if _in_store(tag) and not force:
+    # The demo weights may be retrained: a new digest imports them as the tag's latest version.
+    digest = _digest(DEMO_DIR / kind) if preset_name == "demo" else ""
+    if _stored_digest(tag) == digest and not force:
         print(f"{tag}: already in the model store")
         return tag
     with bentoml.models.create(
         tag,
         labels={"genserve.kind": kind, "genserve.preset": preset_name},
-        metadata={"source": preset.source},
+        metadata={"source": preset.source, "digest": digest},
     ) as model:
         target = Path(model.path)
         if preset_name == "tiny":
             _build_tiny(kind, target)
+        elif preset_name == "demo":
+            _copy_demo(kind, target)
         else:
             _download(preset.source, getattr(preset, "variant", None), target)
     print(f"{model.tag}: imported")

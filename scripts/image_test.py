@@ -44,7 +44,8 @@ from decoding import read_image, read_video  # noqa: E402
 from genserve.grpc_gateway import DEFAULT_PORT as GRPC_PORT  # noqa: E402
 from genserve.grpc_gateway import SERVICE, load_contract  # noqa: E402
 from genserve.presets import IMAGE_PRESETS, VIDEO_PRESETS  # noqa: E402
-from genserve.processes import wait_until_ready  # noqa: E402
+from genserve.processes import demo_import_command, tiny_import_command, wait_until_ready  # noqa: E402
+from genserve.shapes import read_picture  # noqa: E402
 
 PYTHON = sys.executable
 READY_TIMEOUT_S = 300
@@ -110,8 +111,10 @@ def make_base(tag: str) -> None:
 
 
 def build_bento(env: dict[str, str]) -> str:
-    """The tiny models into a private model store, then `bentoml build`: the bento's tag."""
-    run(PYTHON, "models/import_models.py", "--image", "tiny", "--video", "tiny", cwd=ROOT, env=env)
+    """The embedded models into a private model store, as `make models`, then `bentoml build`: the
+    bento's tag."""
+    for command in (demo_import_command(), tiny_import_command()):
+        run(*command, cwd=ROOT, env=env)
     output = run(PYTHON, "-m", "bentoml", "build", "--output", "tag", cwd=ROOT, env=env, capture=True)
     [tag] = [line.removeprefix("__tag__:") for line in output.splitlines() if line.startswith("__tag__:")]
     return tag
@@ -158,6 +161,10 @@ def exit_code(name: str) -> int | None:
     return None if running == "true" else int(code)
 
 
+#: What the container's demo model is asked to draw; the test reads the colours back.
+PROMPT = "a red circle on a blue background"
+
+
 def expect(condition: bool, message: str) -> None:
     if not condition:
         raise AssertionError(message)
@@ -165,15 +172,17 @@ def expect(condition: bool, message: str) -> None:
 
 def generate(url: str) -> None:
     """An image, then a video of it, through the published port; both decoded and checked."""
-    image_preset, video_preset = IMAGE_PRESETS["tiny"], VIDEO_PRESETS["tiny"]
+    image_preset, video_preset = IMAGE_PRESETS["demo"], VIDEO_PRESETS["tiny"]
     with httpx.Client(base_url=url, timeout=600) as client:
-        answer = client.post("/txt2img", json={"prompt": "a red cat", "seed": 7, "num_inference_steps": 2})
+        answer = client.post("/txt2img", json={"prompt": PROMPT, "seed": 7})
         expect(answer.status_code == 200, f"txt2img: {answer.status_code} {answer.text[:500]}")
         mime, pixels = read_image(answer.content)
         size = (image_preset.default_height, image_preset.default_width, 3)
         expect((mime, pixels.shape) == ("image/png", size), f"txt2img: {mime} {pixels.shape}")
         expect(answer.headers["x-seed"] == "7", f"txt2img: seed {answer.headers['x-seed']}")
-        print(f"txt2img: {mime} {pixels.shape}, {len(answer.content)} bytes")
+        seen = read_picture(pixels)
+        expect((seen.colour, seen.background) == ("red", "blue"), f"txt2img: {PROMPT!r} drew {seen}")
+        print(f"txt2img: {mime} {pixels.shape}, {seen.colour} on {seen.background}")
 
         fields = {"num_frames": "4", "fps": "6", "num_inference_steps": "2", "output_format": "mp4"}
         answer = client.post("/img2vid", files={"image": ("cat.png", answer.content, mime)}, data=fields)
@@ -221,9 +230,9 @@ def generate_over_grpc(address: str) -> None:
             request_serializer=request.SerializeToString,
             response_deserializer=reply.FromString,
         )
-        answer = call(request(prompt="a red cat", seed=7, num_inference_steps=2), timeout=READY_TIMEOUT_S)
+        answer = call(request(prompt=PROMPT, seed=7, num_inference_steps=2), timeout=READY_TIMEOUT_S)
     mime, pixels = read_image(base64.b64decode(answer.image_data, validate=True))
-    preset = IMAGE_PRESETS["tiny"]
+    preset = IMAGE_PRESETS["demo"]
     size = (preset.default_height, preset.default_width, 3)
     expect((mime, pixels.shape, answer.seed) == ("image/png", size, 7), f"gRPC: {mime} {pixels.shape}")
     print(f"gRPC GenerateImage: {mime} {pixels.shape}, seed {answer.seed}")
@@ -258,7 +267,7 @@ def main() -> None:
         if not os.environ.get("BASE_IMAGE"):
             with steps("base image (mmdebstrap bookworm)"):
                 make_base(base)
-        with steps("bento (tiny models, bentoml build)"):
+        with steps("bento (demo and tiny models, bentoml build)"):
             bento = build_bento(env)
         with steps(f"image {image}"):
             containerize(work, env, bento, base, image)

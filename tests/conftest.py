@@ -13,9 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-# Tests import free_port, stop, wait_ready and descendants from here.
-from genserve.processes import descendants as descendants
 from genserve.processes import (
+    demo_import_command,
     free_port,
     log_tail,
     private_bentoml_home,
@@ -24,6 +23,9 @@ from genserve.processes import (
     tiny_import_command,
     wait_until_ready,
 )
+
+# Tests import free_port, stop, wait_ready and descendants from here.
+from genserve.processes import descendants as descendants
 from genserve.processes import stop_process_tree as stop
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,9 +34,13 @@ ROOT = Path(__file__).resolve().parent.parent
 # user's model store and always start from a fresh one.
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="genserve-test-bentoml-")
 # The servers under test run with genserve's defaults, whatever the shell exported for `make serve`
-# (API keys would make every request a 401; a preset would disagree with the `settings` fixture).
+# (API keys would make every request a 401; a preset would disagree with the `settings` fixture),
+# except for the presets: the tiny one, whose speed the suite needs; tests of the demo ask for it.
 for name in [name for name in os.environ if name.startswith("GENSERVE_")]:
     del os.environ[name]
+TINY = {"GENSERVE_IMAGE_PRESET": "tiny", "GENSERVE_VIDEO_PRESET": "tiny"}
+DEMO = {"GENSERVE_IMAGE_PRESET": "demo", "GENSERVE_VIDEO_PRESET": "tiny"}  # no demo video model yet
+os.environ.update(TINY)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -45,10 +51,16 @@ def tiny_models() -> None:
 
 
 @pytest.fixture(scope="session")
+def demo_models(tiny_models) -> None:
+    """The demo preset (the committed weights) in the model store, as `make models` imports it."""
+    subprocess.run(demo_import_command(), check=True, cwd=ROOT)
+
+
+@pytest.fixture(scope="session")
 def settings(tiny_models):
     from genserve.settings import Settings
 
-    return Settings.from_env({})
+    return Settings.from_env(TINY)
 
 
 @pytest.fixture(scope="session")
@@ -114,6 +126,18 @@ def genserve_metric(url: str, name: str, kind: str = "image") -> float:
     of work, summed over the processes behind `url`'s /metrics; 0 before any was recorded."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
     return sum(float(value) for value in re.findall(rf'^{name}{{kind="{kind}"}} (\S+)$', text, re.MULTILINE))
+
+
+def batch_sizes(url: str) -> dict[str, float]:
+    """Count and sum of the image generator's adaptive batch-size histogram."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    totals = {"count": 0.0, "sum": 0.0}
+    for kind in totals:
+        pattern = (
+            rf'^bentoml_service_adaptive_batch_size_{kind}{{[^}}]*runner_name="ImageGenerator"[^}}]*}} (\S+)$'
+        )
+        totals[kind] = sum(float(value) for value in re.findall(pattern, text, re.MULTILINE))
+    return totals
 
 
 def job_status(url: str, task_id: str) -> str:

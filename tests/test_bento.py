@@ -30,7 +30,7 @@ OFFLINE = {
 
 
 @pytest.fixture(scope="module")
-def bento(tiny_models) -> Path:
+def bento(tiny_models, demo_models) -> Path:
     """`bentoml build` of bentofile.yaml, offline, into the tests' model store; the bento's folder."""
     result = subprocess.run(
         [sys.executable, "-m", "bentoml", "build", "--output", "tag"],
@@ -70,7 +70,7 @@ def args_of(dockerfile: list[tuple[str, str]], keyword: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_the_bento_holds_the_services_the_tiny_models_and_the_pins(bento) -> None:
+def test_the_bento_holds_the_services_the_embedded_models_and_the_pins(bento) -> None:
     info = yaml.safe_load((bento / "bento.yaml").read_text())
     assert info["entry_service"] == "GenServe"
     services = {service["name"] for service in info["services"]}
@@ -78,8 +78,9 @@ def test_the_bento_holds_the_services_the_tiny_models_and_the_pins(bento) -> Non
     # The code: service.py and the whole genserve package.
     code = {path.relative_to(ROOT) for path in [ROOT / "service.py", *(ROOT / "genserve").rglob("*.py")]}
     assert code <= {path.relative_to(bento / "src") for path in (bento / "src").rglob("*.py")}
-    # The models the tiny preset loads, by the exact versions in the model store.
-    expected = {str(bentoml.models.get(store_tag(kind, "tiny")).tag) for kind in ("image", "video")}
+    # The models the demo and tiny presets load, by the exact versions in the model store.
+    embedded = [("image", "demo"), ("image", "tiny"), ("video", "tiny")]
+    expected = {str(bentoml.models.get(store_tag(kind, preset)).tag) for kind, preset in embedded}
     assert {model["tag"] for model in info["models"]} == expected
     # The same pins as the venv, unlocked (locking would need the network).
     requirements = (bento / "env" / "python" / "requirements.txt").read_text().splitlines()
@@ -146,7 +147,8 @@ def test_the_image_sets_the_environment_without_secrets(bento, dockerfile) -> No
     defaults = dict(arg.split("=", 1) for arg in args_of(dockerfile, "ARG") if "=" in arg)
     for name, value in BENTOFILE["docker"]["env"].items():
         assert (env[name], defaults[name]) == (f"${name}", str(value))
-    assert defaults["GENSERVE_IMAGE_PRESET"] == defaults["GENSERVE_VIDEO_PRESET"] == "tiny"  # as bundled
+    presets = (defaults["GENSERVE_IMAGE_PRESET"], defaults["GENSERVE_VIDEO_PRESET"])
+    assert presets == ("demo", "tiny")  # as bundled
     assert "HF_TOKEN" not in (bento / "env" / "docker" / "Dockerfile").read_text()
     # The model cache exists, owned by the bento user, so a fresh volume on it is writable.
     cache = Path(BENTOFILE["docker"]["env"]["HF_HOME"])

@@ -1,5 +1,6 @@
-"""The demo preset's groundwork: its architecture reads every grammar word as one token, loads
-through diffusers' own pipeline class, and a short training run lowers both losses and is evaluated."""
+"""The demo image model: its architecture reads every grammar word as one token and loads through
+diffusers' own pipeline class, a short training run lowers both losses and is evaluated, and the
+committed weights are the preset's, within their size budget."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from diffusers import StableDiffusion3Pipeline
 
 from genserve.demo import MAX_TOKENS, SIDE, build_demo_image_pipeline
 from genserve.shapes import WORDS
+
+#: The committed weights, in the diffusers layout (`make demo-model` writes them).
+DEMO_DIR = ROOT / "models" / "demo"
 
 
 @pytest.fixture(autouse=True)
@@ -63,3 +67,16 @@ def test_a_short_training_run_lowers_both_losses() -> None:
     accuracy = evaluate(pipe, Plan(eval_prompts=4, eval_steps=1), seed=1)  # generated, read back
     assert set(accuracy) == {"shape", "colour", "background", "size", "place"}
     assert all(0 <= share <= 1 for share in accuracy.values())
+
+
+def shapes(module: torch.nn.Module) -> dict[str, torch.Size]:
+    return {name: tensor.shape for name, tensor in module.state_dict().items()}
+
+
+def test_the_committed_demo_weights_are_the_presets_and_fit_the_budget(demo_pipe) -> None:
+    loaded = StableDiffusion3Pipeline.from_pretrained(DEMO_DIR / "image")
+    for name, module in demo_pipe.components.items():
+        if isinstance(module, torch.nn.Module):  # the same architecture, other weights
+            assert shapes(module) == shapes(getattr(loaded, name)), name
+    total = sum(path.stat().st_size for path in DEMO_DIR.rglob("*") if path.is_file())
+    assert total <= 30 * 1024 * 1024

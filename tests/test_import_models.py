@@ -1,4 +1,5 @@
-"""The model import command: tiny is built offline; hub presets fail clearly without a network."""
+"""The model import command: tiny is built and demo copied offline; hub presets fail clearly
+without a network."""
 
 from __future__ import annotations
 
@@ -21,6 +22,12 @@ def test_tiny_import_is_idempotent(tiny_models) -> None:
     result = run("--image", "tiny")
     assert result.returncode == 0
     assert "genserve-image-tiny: already in the model store" in result.stdout
+
+
+def test_demo_import_copies_the_committed_weights_once(demo_models) -> None:
+    result = run("--image", "demo")
+    assert result.returncode == 0
+    assert "genserve-image-demo: already in the model store" in result.stdout
 
 
 def test_hub_preset_without_network_fails_with_a_clear_message(tiny_models) -> None:

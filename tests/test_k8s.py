@@ -29,7 +29,7 @@ GRPC = "genserve-grpc"
 # Startup budget a generator needs: the tiny preset loads in seconds; a first start on a GPU
 # downloads SD3.5 Large (about 30 GB) before loading it.
 STARTUP_BUDGET_S = {"gpu": 20 * 60, "cpu": 2 * 60}
-EXPECTED_PRESETS = {"gpu": ("sd35-large", "svd-xt"), "cpu": ("tiny", "tiny")}
+EXPECTED_PRESETS = {"gpu": ("sd35-large", "svd-xt"), "cpu": ("demo", "tiny")}
 
 
 @functools.cache

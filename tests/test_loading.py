@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY
 
 from genserve.loading import load_image_pipeline, pick_device, resolve_source
 from genserve.settings import Settings
@@ -30,14 +31,14 @@ def test_local_directory_and_hub_id(tmp_path) -> None:
 
 def test_auto_device_is_the_cpu_here() -> None:
     expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert pick_device(Settings.from_env({})).type == expected
-    assert pick_device(Settings.from_env({"GENSERVE_DEVICE": "cpu"})).type == "cpu"
+    assert pick_device(Settings.from_env(TINY)).type == expected
+    assert pick_device(Settings.from_env({**TINY, "GENSERVE_DEVICE": "cpu"})).type == "cpu"
 
 
 def test_pipeline_loads_from_a_local_directory_in_float32(tiny_models, tmp_path) -> None:
     store_path = resolve_source("bentoml:genserve-image-tiny")
     pipe = load_image_pipeline(
-        Settings.from_env({"GENSERVE_IMAGE_MODEL": store_path, "GENSERVE_DEVICE": "cpu"})
+        Settings.from_env({**TINY, "GENSERVE_IMAGE_MODEL": store_path, "GENSERVE_DEVICE": "cpu"})
     )
     assert pipe.transformer.dtype == torch.float32
     assert pipe.device.type == "cpu"
@@ -47,11 +48,12 @@ def test_cpu_pipeline_uses_the_preset_threads_and_decodes_batches_whole(tiny_mod
     """VAE slicing saves GPU memory; on the CPU it only slows batches down, so it is off there."""
     before = torch.get_num_threads()
     try:
-        pipe = load_image_pipeline(Settings.from_env({"GENSERVE_DEVICE": "cpu", "GENSERVE_CPU_THREADS": "1"}))
+        one_thread = {**TINY, "GENSERVE_DEVICE": "cpu", "GENSERVE_CPU_THREADS": "1"}
+        pipe = load_image_pipeline(Settings.from_env(one_thread))
         assert torch.get_num_threads() == 1
         assert not pipe.vae.use_slicing
         sliced = load_image_pipeline(
-            Settings.from_env({"GENSERVE_DEVICE": "cpu", "GENSERVE_VAE_SLICING": "1"})
+            Settings.from_env({**TINY, "GENSERVE_DEVICE": "cpu", "GENSERVE_VAE_SLICING": "1"})
         )
         assert sliced.vae.use_slicing
     finally:

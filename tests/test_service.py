@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 
 import bentoml
 import httpx
 import numpy as np
 import pytest
-from conftest import job_status
+from conftest import batch_sizes, job_status
 from decoding import read_image, read_video
 
 from genserve.generation import generate_images
@@ -26,18 +25,6 @@ def post_image(url: str, **fields) -> httpx.Response:
 
 def png_of(color: tuple[int, int, int], width: int = 80, height: int = 64) -> bytes:
     return encode_image(np.full((height, width, 3), color, np.uint8), "png")
-
-
-def batch_sizes(url: str) -> dict[str, float]:
-    """Count and sum of the image generator's adaptive batch-size histogram."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    totals = {"count": 0.0, "sum": 0.0}
-    for kind in totals:
-        pattern = (
-            rf'^bentoml_service_adaptive_batch_size_{kind}{{[^}}]*runner_name="ImageGenerator"[^}}]*}} (\S+)$'
-        )
-        totals[kind] = sum(float(value) for value in re.findall(pattern, text, re.MULTILINE))
-    return totals
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])

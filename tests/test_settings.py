@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import pytest
+from conftest import TINY
 
 from genserve.presets import IMAGE_PRESETS, VIDEO_PRESETS
 from genserve.settings import Settings
 
 
-def test_defaults_are_the_tiny_preset_from_the_model_store() -> None:
+def test_defaults_are_the_demo_image_and_tiny_video_presets_from_the_model_store() -> None:
     settings = Settings.from_env({})
-    assert settings.image_preset.name == settings.video_preset.name == "tiny"
-    assert settings.image_source == "bentoml:genserve-image-tiny"
+    assert (settings.image_preset.name, settings.video_preset.name) == ("demo", "tiny")
+    assert settings.image_source == "bentoml:genserve-image-demo"
     assert settings.video_source == "bentoml:genserve-video-tiny"
-    assert settings.image_max_batch_size == IMAGE_PRESETS["tiny"].batching.max_batch_size
+    assert settings.image_max_batch_size == IMAGE_PRESETS["demo"].batching.max_batch_size
 
 
 def test_environment_chooses_presets_sources_and_batching() -> None:
@@ -63,7 +64,7 @@ def test_generator_resources(gpus: float, resources: dict) -> None:
 
 def test_worker_layout_and_cpu_threads() -> None:
     """One worker per generator by default; the tiny presets run one torch thread per worker."""
-    defaults = Settings.from_env({})
+    defaults = Settings.from_env(TINY)
     assert (defaults.image_workers, defaults.video_workers) == (1, 1)
     assert defaults.image_cpu_threads == defaults.video_cpu_threads == 1
     assert defaults.vae_slicing is None  # decided by the device: on for GPUs
@@ -75,7 +76,7 @@ def test_worker_layout_and_cpu_threads() -> None:
     assert (tuned.image_workers, tuned.video_workers) == (2, 1)
     assert tuned.image_cpu_threads == tuned.video_cpu_threads == 3
     assert tuned.vae_slicing is True
-    every_core = Settings.from_env({"GENSERVE_CPU_THREADS": "0"})  # the tiny presets on torch's default
+    every_core = Settings.from_env({**TINY, "GENSERVE_CPU_THREADS": "0"})  # tiny on torch's default
     assert every_core.image_cpu_threads == every_core.video_cpu_threads == 0
     with pytest.raises(ValueError, match="GENSERVE_CPU_THREADS"):
         Settings.from_env({"GENSERVE_CPU_THREADS": "-1"})

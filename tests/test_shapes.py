@@ -18,6 +18,7 @@ from genserve.shapes import (
     Request,
     Scene,
     draw,
+    draw_clip,
     parse,
     prompt_for,
     read_picture,
@@ -218,3 +219,30 @@ def test_starts_as_compares_the_first_frame_with_a_picture_of_any_size() -> None
     assert starts_as(frames, larger)
     assert not starts_as(frames, frames[-1])
     assert not starts_as(frames, draw(Scene("circle", "black", "white"), SIDE, np.random.default_rng(9)))
+
+
+def test_a_drawn_clip_moves_its_shape_faster_with_the_motion_bucket_and_keeps_its_look() -> None:
+    scene = Scene("triangle", "orange", "blue", size="small")
+    displacements = []
+    for bucket in (0, 127, 255):
+        clip = draw_clip(scene, SIDE, frames=8, motion_bucket_id=bucket, rng=np.random.default_rng(3))
+        assert clip.shape == (8, SIDE, SIDE, 3) and clip.dtype == np.uint8
+        video = read_video(clip)
+        first = video.first
+        assert (first.shape, first.colour, first.background) == ("triangle", "orange", "blue")
+        assert video.keeps_look
+        displacements.append(video.displacement)
+    assert displacements[0] == 0 and 0 < displacements[1] < displacements[2]
+    assert read_video(draw_clip(scene, SIDE, 8, 127, np.random.default_rng(3))).moved()
+
+
+def test_a_clip_bounces_off_the_margins_and_the_seed_picks_the_direction() -> None:
+    scene = Scene("square", "white", "black", size="large")
+    starts, directions = set(), set()
+    for seed in range(12):
+        clip = draw_clip(scene, SIDE, frames=40, motion_bucket_id=255, rng=np.random.default_rng(seed))
+        centres = np.array([read_picture(frame).centre for frame in clip])
+        assert (clip[:, :2].reshape(-1, 3) == COLOURS["black"]).all()  # the top rows stay background
+        starts.add(tuple(centres[0].round()))
+        directions.add(tuple(np.sign(centres[1] - centres[0])))
+    assert len(starts) > 6 and len(directions) == 4

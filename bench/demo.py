@@ -1,0 +1,189 @@
+"""How well the served demo image model follows its prompts: `make demo-accuracy` (python -m bench.demo).
+
+One `bentoml serve` of the demo preset. Prompts sampled from the grammar (genserve/shapes.py) go to
+/txt2img 16 at a time, so that they batch, and the checker reads each picture back. It writes
+demo.md (the share right, per part of a prompt) and a figure (the README's docs/demo.png): the
+first pictures under their prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from bench.servers import ROOT, start
+from genserve.processes import demo_import_command, serve_command, tiny_import_command
+from genserve.shapes import Reading, parse, read_picture, sample_prompt
+
+TIMEOUT = 600
+PARTS = ("colour", "background", "shape", "place", "size")
+
+
+async def _post_all(url: str, requests: list[dict]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
+        return await asyncio.gather(*(client.post(**request) for request in requests))
+
+
+def pictures_for(url: str, prompts: list[str], together: int) -> list[np.ndarray]:
+    """The served pictures for `prompts` (seed = index), sent `together` at a time."""
+    pictures: list[np.ndarray] = []
+    for start_index in range(0, len(prompts), together):
+        group = prompts[start_index : start_index + together]
+        requests = [
+            {"url": "/txt2img", "json": {"prompt": prompt, "seed": start_index + i}}
+            for i, prompt in enumerate(group)
+        ]
+        for response in asyncio.run(_post_all(url, requests)):
+            response.raise_for_status()
+            pictures.append(np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB")))
+    return pictures
+
+
+def mean_batch_size(url: str) -> float:
+    """Requests per batch the image generator has run, from BentoML's adaptive-batching histogram."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    totals = {}
+    for kind in ("sum", "count"):
+        pattern = (
+            rf"^bentoml_service_adaptive_batch_size_{kind}"
+            rf'{{[^}}]*runner_name="ImageGenerator"[^}}]*}} (\S+)$'
+        )
+        totals[kind] = sum(float(value) for value in re.findall(pattern, text, re.MULTILINE))
+    return totals["sum"] / max(totals["count"], 1)
+
+
+def cost_per_image(preset: str, batch: int, repeats: int = 3) -> tuple[float, float]:
+    """In this process, as a generator worker runs it: the wall and CPU seconds per image of a batch
+    of `batch` at the image preset's defaults (its default size), the fastest of `repeats`."""
+    from genserve.generation import generate_images
+    from genserve.loading import load_image_pipeline
+    from genserve.schemas import image_request_model
+    from genserve.settings import Settings
+
+    settings = Settings.from_env({"GENSERVE_IMAGE_PRESET": preset, "GENSERVE_DEVICE": "cpu"})
+    pipe = load_image_pipeline(settings)  # with the preset's torch threads
+    request = image_request_model(settings.image_preset)
+    requests = [request(prompt=sample_prompt(np.random.default_rng(i)), seed=i) for i in range(batch)]
+    generate_images(pipe, settings.image_preset, requests)  # warm-up
+    costs = []
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        generate_images(pipe, settings.image_preset, requests)
+        costs.append(((time.perf_counter() - wall) / batch, (time.process_time() - cpu) / batch))
+    return min(costs)
+
+
+def report(
+    prompts: list[str],
+    readings: list[Reading],
+    together: int,
+    batch: float,
+    costs: dict[str, tuple[float, float]],
+    started: str,
+    figure: str,
+) -> str:
+    """The report: the share of pictures right, per part of a prompt and whole."""
+    agreements = [reading.agrees(parse(prompt)) for prompt, reading in zip(prompts, readings, strict=True)]
+    ratio = [demo / tiny for demo, tiny in zip(costs["demo"], costs["tiny"], strict=True)]
+    share = {part: np.mean([agreed[part] for agreed in agreements]) for part in PARTS}
+    lines = [
+        f"# The demo preset: does it follow its prompts? ({started})",
+        "",
+        f"{len(prompts)} prompts sampled from the grammar, sent to `/txt2img` {together} at a time "
+        f"(mean batch: {batch:.1f}) with the preset's defaults; each picture read back by "
+        "`genserve.shapes`. A part the prompt leaves open counts as right.",
+        "",
+        "| part | right |",
+        "|---|---|",
+        *[f"| {part} | {share[part]:.0%} |" for part in PARTS],
+        f"| all of a prompt | {np.mean([all(agreed.values()) for agreed in agreements]):.0%} |",
+        "",
+        f"Cost per image at the default size (64×64), in process, a batch of {together}, each preset's "
+        "defaults and torch threads:",
+        "",
+        "| preset | wall ms | CPU ms |",
+        "|---|---|---|",
+        *[f"| {name} | {wall * 1000:.0f} | {cpu * 1000:.0f} |" for name, (wall, cpu) in costs.items()],
+        f"| demo / tiny | {ratio[0]:.1f}× | {ratio[1]:.1f}× |",
+        "",
+        f"![The first prompts and their pictures]({figure})",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(prompts: list[str], pictures: list[np.ndarray], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    columns, rows = 6, 3
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.9, rows * 2.1))
+    for prompt, picture, axis in zip(prompts, pictures, axes.flat, strict=False):
+        axis.imshow(picture, interpolation="nearest")
+        axis.set_title(_wrapped(prompt), fontsize=7)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def _wrapped(prompt: str, width: int = 26) -> str:
+    lines, line = [], ""
+    for word in prompt.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return "\n".join([*lines, line])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--prompts", type=int, default=48, help="prompts sampled from the grammar")
+    parser.add_argument("--together", type=int, default=16, help="prompts sent at once")
+    parser.add_argument("--seed", type=int, default=2026, help="seeds the sampling of the prompts")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where to write demo.md")
+    parser.add_argument("--figure", type=Path, help="the figure's path (default: demo.png beside demo.md)")
+    args = parser.parse_args(argv)
+    os.environ.update(GENSERVE_IMAGE_PRESET="demo", GENSERVE_VIDEO_PRESET="tiny")  # what it measures
+    args.out.mkdir(parents=True, exist_ok=True)
+    figure = args.figure or args.out / "demo.png"
+    for command in (demo_import_command(), tiny_import_command()):
+        subprocess.run(command, cwd=ROOT, check=True)
+    rng = np.random.default_rng(args.seed)
+    prompts = [sample_prompt(rng) for _ in range(args.prompts)]
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    server = start("demo", serve_command, {}, args.out)
+    try:
+        pictures = pictures_for(server.url, prompts, args.together)
+        batch = mean_batch_size(server.url)
+    finally:
+        server.stop()
+    costs = {preset: cost_per_image(preset, args.together) for preset in ("demo", "tiny")}
+    readings = [read_picture(picture) for picture in pictures]
+    relative = os.path.relpath(figure, args.out)
+    text = report(prompts, readings, args.together, batch, costs, started, relative)
+    plot(prompts, pictures, figure)
+    (args.out / "demo.md").write_text(text)
+    print(text)
+    print(f"written: {args.out / 'demo.md'}, {figure}")
+
+
+if __name__ == "__main__":
+    main()
