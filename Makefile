@@ -28,7 +28,7 @@ models: setup
 	$(BIN)/python models/import_models.py --image demo
 	$(BIN)/python models/import_models.py --image tiny --video tiny
 
-# Trains the demo image model again into models/demo/ (about 19 minutes on 2 idle cores);
+# Trains the demo image model again into models/demo/ (about 23 minutes on 2 idle cores);
 # `make models` then imports the new weights.
 demo-model: setup
 	$(BIN)/python models/train_demo.py --out models/demo

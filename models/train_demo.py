@@ -1,6 +1,6 @@
 """Train the demo image model on pictures genserve draws itself, on the CPU.
 
-    python models/train_demo.py --out models/demo    # `make demo-model`: ~19 minutes on 2 idle cores
+    python models/train_demo.py --out models/demo    # `make demo-model`: ~23 minutes on 2 idle cores
 
 Seeded end to end. It draws a dataset of coloured shapes with their prompts (`genserve.shapes`),
 trains the VAE to reconstruct them, then the MMDiT and the text encoders together with SD3's
@@ -37,7 +37,7 @@ class Plan:
     """How long each part trains. The defaults made the committed model (docs/demo-training.md, run 6)."""
 
     pictures: int = 8000
-    vae_steps: int = 1500
+    vae_steps: int = 3000
     vae_batch: int = 8
     transformer_steps: int = 3000
     transformer_batch: int = 48
