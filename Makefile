@@ -47,7 +47,7 @@ serve: models
 # The gRPC gateway (the original image_gen.proto) on $(HOST):$(GRPC_PORT), in front of `make serve`'s API.
 grpc: setup
 	GENSERVE_URL=$(API_URL) GENSERVE_GRPC_HOST=$(HOST) GENSERVE_GRPC_PORT=$(GRPC_PORT) \
-		$(BIN)/python -m genserve.grpc_gateway
+		$(BIN)/python -m genserve.clients.grpc_gateway
 
 lint: setup
 	$(BIN)/ruff check .

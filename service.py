@@ -2,12 +2,12 @@
 
 - `ImageGenerator` and `VideoGenerator` (GPU): each loads its pipeline once and exposes one
   batchable method; BentoML's adaptive batching merges concurrent requests into batches,
-  greedily: a batch starts whenever the generator is free (`genserve/batching.py`).
+  greedily: a batch starts whenever the generator is free (`genserve/serving/batching.py`).
 - `GenServe` (CPU): the public HTTP API. It validates, calls the generators through
   `bentoml.depends`, and encodes the results.
 
 Serve it with `bentoml serve service.py` (or `make serve`); settings are environment
-variables, listed in `genserve/settings.py` and the README.
+variables, listed in `genserve/core/settings.py` and the README.
 """
 
 from __future__ import annotations
@@ -26,10 +26,22 @@ from pydantic import create_model
 from starlette.requests import Request
 from starlette.responses import Response
 
-from genserve.auth import BearerAuth, KeyRing
-from genserve.batching import batch_greedily
-from genserve.dispatch import KEEP_CONNECTION_POOL, RETRY_AFTER_S, Admission, dispatch
-from genserve.http import (
+from genserve.core.media import encode_image, encode_video
+from genserve.core.presets import MAX_BODY_BYTES
+from genserve.core.protocol import IMAGE_FORMATS, VIDEO_FORMATS
+from genserve.core.schemas import (
+    ImageRequest,
+    VideoJob,
+    VideoRequest,
+    image_request_model,
+    text_to_video_request_model,
+    video_request_model,
+)
+from genserve.core.settings import Settings
+from genserve.serving.auth import BearerAuth, KeyRing
+from genserve.serving.batching import batch_greedily
+from genserve.serving.dispatch import KEEP_CONNECTION_POOL, RETRY_AFTER_S, Admission, dispatch
+from genserve.serving.http import (
     BodyLimit,
     CatchErrors,
     JSONDocument,
@@ -38,23 +50,12 @@ from genserve.http import (
     error_response,
     media_response,
 )
-from genserve.jobs import fail_orphaned_jobs
-from genserve.media import IMAGE_FORMATS, VIDEO_FORMATS, encode_image, encode_video
-from genserve.openai_api import PREFIX as OPENAI_PREFIX
-from genserve.openai_api import openai_app
-from genserve.presets import MAX_BODY_BYTES
-from genserve.schemas import (
-    ImageRequest,
-    VideoJob,
-    VideoRequest,
-    image_request_model,
-    text_to_video_request_model,
-    video_request_model,
-)
-from genserve.settings import Settings
-from genserve.timeout import cancel_timers_when_done
-from genserve.uploads import UploadError, check_image_upload
-from genserve.workers import (
+from genserve.serving.jobs import fail_orphaned_jobs
+from genserve.serving.openai_api import PREFIX as OPENAI_PREFIX
+from genserve.serving.openai_api import openai_app
+from genserve.serving.timeout import cancel_timers_when_done
+from genserve.serving.uploads import UploadError, check_image_upload
+from genserve.serving.workers import (
     BackgroundLoad,
     Cancellations,
     Outcome,
@@ -67,8 +68,8 @@ from genserve.workers import (
 
 TIMEOUT_GRACE_S = 30  # BentoML's own timeouts fire after genserve's deadlines, which answer clearly
 settings = Settings.from_env()
-batch_greedily()  # a batch starts whenever a generator is free (genserve/batching.py)
-cancel_timers_when_done()  # BentoML's request timeout kept every request in memory (genserve/timeout.py)
+batch_greedily()  # a batch starts whenever a generator is free (genserve/serving/batching.py)
+cancel_timers_when_done()  # BentoML's request timeout kept every request in memory (serving/timeout.py)
 
 # Request schemas with this deployment's presets' defaults and limits (shown in /docs).
 TextToImage = image_request_model(settings.image_preset)
@@ -98,7 +99,7 @@ class Generator:
 
     async def run_in_thread(self, batch: list[Queued], generate: Callable, preset: Any) -> list[Outcome]:
         """Generate `batch` in this generator's thread. Handed over at once, not through another
-        queue, so a batch starts the moment the dispatcher takes it (`genserve/batching.py`)."""
+        queue, so a batch starts the moment the dispatcher takes it (`genserve/serving/batching.py`)."""
 
         def work() -> list[Outcome]:
             return run_batch(self.kind, batch, partial(generate, self.pipe.get(), preset), self.cancelled)
@@ -132,7 +133,7 @@ class ImageGenerator(Generator):
 
     @bentoml.api(**settings.batching(settings.image_max_batch_size, settings.image_max_latency_ms))
     async def generate(self, batch: list[Queued[ImageRequest]]) -> list[Outcome]:
-        from genserve.generation import generate_images  # torch: in the generator processes only
+        from genserve.core.generation import generate_images  # torch: in the generator processes only
 
         return await self.run_in_thread(batch, generate_images, settings.image_preset)
 
@@ -146,7 +147,7 @@ class VideoGenerator(Generator):
 
     @bentoml.api(**settings.batching(settings.video_max_batch_size, settings.video_max_latency_ms))
     async def generate(self, batch: list[Queued[VideoJob]]) -> list[Outcome]:
-        from genserve.generation import generate_videos
+        from genserve.core.generation import generate_videos
 
         return await self.run_in_thread(batch, generate_videos, settings.video_preset)
 

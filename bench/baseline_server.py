@@ -19,10 +19,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from PIL import Image
 
-from genserve.generation import generate_images
-from genserve.loading import load_image_pipeline
-from genserve.schemas import image_request_model
-from genserve.settings import Settings
+from genserve.core.generation import generate_images
+from genserve.core.loading import load_image_pipeline
+from genserve.core.schemas import image_request_model
+from genserve.core.settings import Settings
 
 
 def serve(port: int) -> None:

@@ -1,6 +1,6 @@
 """How well the served demo image model follows its prompts: `make demo-accuracy` (python -m bench.demo).
 
-One `bentoml serve` of the demo preset. Prompts sampled from the grammar (genserve/shapes.py) go to
+One `bentoml serve` of the demo preset. Prompts sampled from the grammar (genserve/core/shapes.py) go to
 /txt2img 16 at a time, so that they batch, and the checker reads each picture back. It writes
 demo.md (the share right, per part of a prompt) and a figure (the README's docs/demo.png): the
 first pictures under their prompts.
@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image
 
 from bench.servers import ROOT, start
-from genserve.processes import demo_import_command, serve_command, tiny_import_command
-from genserve.shapes import Reading, parse, read_picture, sample_prompt
+from genserve.core.shapes import Reading, parse, read_picture, sample_prompt
+from genserve.serving.processes import demo_import_command, serve_command, tiny_import_command
 
 TIMEOUT = 600
 PARTS = ("colour", "background", "shape", "place", "size")
@@ -65,10 +65,10 @@ def mean_batch_size(url: str) -> float:
 def cost_per_image(preset: str, batch: int, repeats: int = 3) -> tuple[float, float]:
     """In this process, as a generator worker runs it: the wall and CPU seconds per image of a batch
     of `batch` at the image preset's defaults (its default size), the fastest of `repeats`."""
-    from genserve.generation import generate_images
-    from genserve.loading import load_image_pipeline
-    from genserve.schemas import image_request_model
-    from genserve.settings import Settings
+    from genserve.core.generation import generate_images
+    from genserve.core.loading import load_image_pipeline
+    from genserve.core.schemas import image_request_model
+    from genserve.core.settings import Settings
 
     settings = Settings.from_env({"GENSERVE_IMAGE_PRESET": preset, "GENSERVE_DEVICE": "cpu"})
     pipe = load_image_pipeline(settings)  # with the preset's torch threads
@@ -101,7 +101,7 @@ def report(
         "",
         f"{len(prompts)} prompts sampled from the grammar, sent to `/txt2img` {together} at a time "
         f"(mean batch: {batch:.1f}) with the preset's defaults; each picture read back by "
-        "`genserve.shapes`. A part the prompt leaves open counts as right.",
+        "`genserve.core.shapes`. A part the prompt leaves open counts as right.",
         "",
         "| part | right |",
         "|---|---|",

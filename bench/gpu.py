@@ -25,7 +25,7 @@ from bench.real_configs import SD35_LARGE, SVD_XT
 if TYPE_CHECKING:
     from diffusers import StableDiffusion3Pipeline, StableVideoDiffusionPipeline
 
-    from genserve.presets import ImagePreset, VideoPreset
+    from genserve.core.presets import ImagePreset, VideoPreset
 
 GIB = 1024**3
 REPEATS = 2  # single-request timings per pipeline; the median is reported
@@ -53,7 +53,7 @@ def sd35_large_pipeline(device: str = "cuda"):
     )
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-    from genserve.tiny import build_clip_tokenizer, build_t5_tokenizer
+    from genserve.core.tiny import build_clip_tokenizer, build_t5_tokenizer
 
     # The tiny preset's tokenizers: token ids only need to be in range, and the encoders pad to
     # fixed lengths (77 CLIP tokens, 256 T5 tokens), so the compute is the real models'.
@@ -159,8 +159,8 @@ def _measure(
 
 def measure_image(pipe: StableDiffusion3Pipeline, preset: ImagePreset) -> dict:
     """Time genserve's image generation with `pipe` at `preset`'s defaults: one request, a batch."""
-    from genserve.generation import generate_images
-    from genserve.schemas import image_request_model
+    from genserve.core.generation import generate_images
+    from genserve.core.schemas import image_request_model
 
     request = image_request_model(preset)
 
@@ -176,9 +176,9 @@ def measure_image(pipe: StableDiffusion3Pipeline, preset: ImagePreset) -> dict:
 
 def measure_video(pipe: StableVideoDiffusionPipeline, preset: VideoPreset) -> dict:
     """Time genserve's video generation with `pipe` at `preset`'s defaults: one request, a batch."""
-    from genserve.generation import generate_videos
-    from genserve.media import encode_image
-    from genserve.schemas import VideoJob, video_request_model
+    from genserve.core.generation import generate_videos
+    from genserve.core.media import encode_image
+    from genserve.core.schemas import VideoJob, video_request_model
 
     request = video_request_model(preset)
     noise = np.random.default_rng(0).integers(0, 256, (preset.height, preset.width, 3), dtype=np.uint8)
@@ -217,7 +217,7 @@ def main(out: Path) -> None:
             "SVD-XT architectures in bf16/fp16 and needs a CUDA GPU; none is visible here."
         )
         return
-    from genserve.presets import IMAGE_PRESETS, VIDEO_PRESETS
+    from genserve.core.presets import IMAGE_PRESETS, VIDEO_PRESETS
 
     # One at a time: each pipeline is freed before the next is built.
     rows = [measure_image(sd35_large_pipeline(), IMAGE_PRESETS["sd35-large"])]

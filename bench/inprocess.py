@@ -36,9 +36,9 @@ class InProcess:
     """
 
     def __init__(self, workload: Workload, pipe: StableDiffusion3Pipeline | None = None) -> None:
-        from genserve.loading import load_image_pipeline
-        from genserve.schemas import image_request_model
-        from genserve.settings import Settings
+        from genserve.core.loading import load_image_pipeline
+        from genserve.core.schemas import image_request_model
+        from genserve.core.settings import Settings
 
         settings = Settings.from_env()
         self.preset = settings.image_preset
@@ -49,7 +49,7 @@ class InProcess:
 
     def images(self, indices: range) -> list[np.ndarray]:
         """Requests `indices` of the workload, generated as one batch, as genserve's generator does."""
-        from genserve.generation import generate_images
+        from genserve.core.generation import generate_images
 
         requests = [self.request_model(**self.workload.body(i)) for i in indices]
         return self._thread.submit(generate_images, self.pipe, self.preset, requests).result()
@@ -85,8 +85,8 @@ def measure_bare_load(workload: Workload, batch: int) -> BareLoad:
 def _bare(workload: Workload, batch: int) -> None:
     import os
 
-    from genserve.settings import Settings
-    from genserve.workers import warmed_image_pipeline, warmed_video_pipeline
+    from genserve.core.settings import Settings
+    from genserve.serving.workers import warmed_image_pipeline, warmed_video_pipeline
 
     settings = Settings.from_env()
     images = InProcess(workload, warmed_image_pipeline(settings))

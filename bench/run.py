@@ -26,9 +26,9 @@ from bench.load import TIMEOUT_S, Answer, run_load
 from bench.report import BASELINE, BATCHING_OFF, BATCHING_ON, Results, markdown, plot
 from bench.servers import ROOT, Server, baseline_command, import_tiny_models, start
 from bench.workload import Workload
-from genserve.media import decode_image
-from genserve.processes import serve_command
-from genserve.settings import Settings
+from genserve.core.media import decode_image
+from genserve.core.settings import Settings
+from genserve.serving.processes import serve_command
 
 
 @dataclass(frozen=True)

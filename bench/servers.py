@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from genserve.processes import (
+from genserve.serving.processes import (
     free_port,
     private_bentoml_home,
     process_tree,

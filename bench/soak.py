@@ -26,9 +26,9 @@ import numpy as np
 from PIL import Image
 
 from bench.servers import ROOT, Server, import_tiny_models, start
-from genserve.http import JOB_POLL_INTERVAL_S, JOB_RUNNING
-from genserve.presets import MIN_FRAMES
-from genserve.processes import serve_command
+from genserve.core.presets import MIN_FRAMES
+from genserve.core.protocol import JOB_POLL_INTERVAL_S, JOB_RUNNING
+from genserve.serving.processes import serve_command
 
 MIB = 1024 * 1024
 #: The target: less than this many MiB kept per 1,000 requests, by every process, after warm-up.

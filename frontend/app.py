@@ -16,17 +16,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import streamlit as st
-from client import FAILURES, Connection, GenServe, Job, explain
 
-from genserve.presets import (
+from genserve.clients.ui import FAILURES, Connection, GenServe, Job, explain
+from genserve.core.presets import (
     MAX_PROMPT_CHARS,
     MAX_UPLOAD_BYTES,
     MIN_FRAMES,
     SIZE_MULTIPLE,
     UPLOAD_FORMATS,
 )
-from genserve.schemas import MAX_SEED, MIN_SIZE, ImageRequest, VideoRequest, random_seed
-from genserve.shapes import COLOURS, GRAMMAR, SHAPES
+from genserve.core.schemas import MAX_SEED, MIN_SIZE, ImageRequest, VideoRequest, random_seed
+from genserve.core.shapes import COLOURS, GRAMMAR, SHAPES
 
 #: A prompt the demo preset follows, and that any other model draws too.
 EXAMPLE_PROMPT = "a red circle on a blue background"

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import bentoml
 
-from genserve import tiny
-from genserve.presets import IMAGE_PRESETS, VIDEO_PRESETS, store_tag
+from genserve.core import tiny
+from genserve.core.presets import IMAGE_PRESETS, VIDEO_PRESETS, store_tag
 
 #: The demo preset's trained pipelines, in the diffusers layout: `make demo-model` writes them.
 DEMO_DIR = Path(__file__).resolve().parent / "demo"

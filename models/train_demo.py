@@ -2,7 +2,7 @@
 
     python models/train_demo.py --out models/demo    # `make demo-model`: ~23 minutes on 2 idle cores
 
-Seeded end to end. It draws a dataset of coloured shapes with their prompts (`genserve.shapes`),
+Seeded end to end. It draws a dataset of coloured shapes with their prompts (`genserve.core.shapes`),
 trains the VAE to reconstruct them, then the MMDiT and the text encoders together with SD3's
 flow-matching loss on the VAE's latents, and saves the pipeline in the diffusers layout that
 `from_pretrained` (and so the model store) reads, under OUT/image. At the end it generates
@@ -24,8 +24,8 @@ from diffusers import StableDiffusion3Pipeline
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from genserve.demo import MAX_TOKENS, SIDE, TIMESTEP_SHIFT, build_demo_image_pipeline
-from genserve.shapes import Scene, draw, parse, prompt_for, read_picture, sample_prompt, sample_scene
+from genserve.core.demo import MAX_TOKENS, SIDE, TIMESTEP_SHIFT, build_demo_image_pipeline
+from genserve.core.shapes import Scene, draw, parse, prompt_for, read_picture, sample_prompt, sample_scene
 
 #: A share of the training prompts is empty, so classifier-free guidance has an unconditional model.
 UNCONDITIONAL_SHARE = 0.1

@@ -41,11 +41,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from decoding import read_image, read_video  # noqa: E402
 
-from genserve.grpc_gateway import DEFAULT_PORT as GRPC_PORT  # noqa: E402
-from genserve.grpc_gateway import SERVICE, load_contract  # noqa: E402
-from genserve.presets import IMAGE_PRESETS, VIDEO_PRESETS  # noqa: E402
-from genserve.processes import demo_import_command, tiny_import_command, wait_until_ready  # noqa: E402
-from genserve.shapes import read_picture  # noqa: E402
+from genserve.clients.grpc_gateway import DEFAULT_PORT as GRPC_PORT  # noqa: E402
+from genserve.clients.grpc_gateway import SERVICE, load_contract  # noqa: E402
+from genserve.core.presets import IMAGE_PRESETS, VIDEO_PRESETS  # noqa: E402
+from genserve.core.shapes import read_picture  # noqa: E402
+from genserve.serving.processes import demo_import_command, tiny_import_command, wait_until_ready  # noqa: E402
 
 PYTHON = sys.executable
 READY_TIMEOUT_S = 300

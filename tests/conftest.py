@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from genserve.processes import (
+from genserve.serving.processes import (
     demo_import_command,
     free_port,
     log_tail,
@@ -25,8 +25,8 @@ from genserve.processes import (
 )
 
 # Tests import free_port, stop, wait_ready and descendants from here.
-from genserve.processes import descendants as descendants
-from genserve.processes import stop_process_tree as stop
+from genserve.serving.processes import descendants as descendants
+from genserve.serving.processes import stop_process_tree as stop
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,21 +58,21 @@ def demo_models(tiny_models) -> None:
 
 @pytest.fixture(scope="session")
 def settings(tiny_models):
-    from genserve.settings import Settings
+    from genserve.core.settings import Settings
 
     return Settings.from_env(TINY)
 
 
 @pytest.fixture(scope="session")
 def image_pipe(settings):
-    from genserve.loading import load_image_pipeline
+    from genserve.core.loading import load_image_pipeline
 
     return load_image_pipeline(settings)
 
 
 @pytest.fixture(scope="session")
 def video_pipe(settings):
-    from genserve.loading import load_video_pipeline
+    from genserve.core.loading import load_video_pipeline
 
     return load_video_pipeline(settings)
 

@@ -9,7 +9,7 @@ import imageio_ffmpeg
 import numpy as np
 from PIL import Image
 
-from genserve.media import decode_image
+from genserve.core.media import decode_image
 
 
 def read_mp4(data: bytes) -> tuple[dict, np.ndarray]:

@@ -9,7 +9,7 @@ from bentoml.exceptions import BentoMLException
 from conftest import ENV_KEYS, FILE_KEY
 from decoding import read_image
 
-from genserve.auth import KeyRing
+from genserve.serving.auth import KeyRing
 
 
 def generate(url: str, key: str | None) -> httpx.Response:

@@ -17,8 +17,8 @@ import pytest
 from decoding import read_image
 from PIL import Image
 
-from genserve.media import encode_image
-from genserve.presets import MAX_BODY_BYTES, MAX_PROMPT_CHARS
+from genserve.core.media import encode_image
+from genserve.core.presets import MAX_BODY_BYTES, MAX_PROMPT_CHARS
 
 TIMEOUT = 120
 TOO_LONG = "x" * (MAX_PROMPT_CHARS + 1)

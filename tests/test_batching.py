@@ -12,7 +12,7 @@ from _bentoml_impl.server import app as service_app
 from bentoml._internal.marshal import dispatcher
 from conftest import ROOT
 
-from genserve.batching import GreedyDispatcher, GreedyOptimizer, batch_greedily
+from genserve.serving.batching import GreedyDispatcher, GreedyOptimizer, batch_greedily
 
 MAX_BATCH = 8
 BATCH_S = 0.02
@@ -152,7 +152,7 @@ import sys
 import service
 assert "_bentoml_impl.server.app" not in sys.modules, "service.py imported the app"
 from _bentoml_impl.server import app
-from genserve.batching import GreedyDispatcher
+from genserve.serving.batching import GreedyDispatcher
 print(app.CorkDispatcher is GreedyDispatcher)
 """
 

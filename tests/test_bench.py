@@ -14,7 +14,7 @@ import torch
 from conftest import ROOT
 from decoding import read_image
 
-from genserve.presets import Batching
+from genserve.core.presets import Batching
 
 # Published sizes (parameters) of the models whose configs bench/real_configs.py writes out.
 PUBLISHED = {

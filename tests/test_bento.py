@@ -14,8 +14,8 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from genserve.presets import store_tag
-from genserve.settings import DEFAULT_TIMEOUT_S
+from genserve.core.presets import store_tag
+from genserve.core.settings import DEFAULT_TIMEOUT_S
 
 BENTOFILE = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
 # Any attempt to reach the network fails at once: a proxy nobody listens on.

@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, free_port, stop
 from decoding import read_image
 
-from genserve.processes import start_process, wait_until_ready
+from genserve.serving.processes import start_process, wait_until_ready
 
 CHROMIUM = Path("/usr/bin/chromium")
 # What Chromium needs here: no sandbox (containers), no GPU, and no calls home of its own.

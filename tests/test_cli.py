@@ -23,7 +23,7 @@ def genserve(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subpro
     """Run the CLI in a clean environment (no GENSERVE_* of the developer's leaking in)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("GENSERVE_")}
     return subprocess.run(
-        [sys.executable, "-m", "genserve.cli", *args],
+        [sys.executable, "-m", "genserve.clients.cli", *args],
         cwd=cwd,
         env=base | (env or {}),
         capture_output=True,

@@ -10,8 +10,8 @@ import torch
 from conftest import ROOT
 from diffusers import StableDiffusion3Pipeline
 
-from genserve.demo import MAX_TOKENS, SIDE, build_demo_image_pipeline
-from genserve.shapes import WORDS
+from genserve.core.demo import MAX_TOKENS, SIDE, build_demo_image_pipeline
+from genserve.core.shapes import WORDS
 
 #: The committed weights, in the diffusers layout (`make demo-model` writes them).
 DEMO_DIR = ROOT / "models" / "demo"

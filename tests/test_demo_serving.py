@@ -11,7 +11,7 @@ import pytest
 from conftest import DEMO, batch_sizes, running_server
 from decoding import read_image
 
-from genserve.shapes import parse, read_picture
+from genserve.core.shapes import parse, read_picture
 
 TIMEOUT = 300
 #: Every colour, shape, size and place, with and without a background. Eight of them, so they fit

@@ -1,4 +1,4 @@
-"""The entry service's connections to the generators, on BentoML's real client (genserve/dispatch.py)."""
+"""The entry service's connections to the generators, on BentoML's real client (serving/dispatch.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import asyncio, json
 import service
 from _bentoml_impl.client.proxy2 import RemoteProxy
 from _bentoml_impl.worker.service import main as worker
-from genserve.dispatch import _tune_connection_pool
+from genserve.serving.dispatch import _tune_connection_pool
 
 service.GenServe.inject_config()  # what `bentoml serve` does before the entry service calls anyone
 

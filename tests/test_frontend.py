@@ -34,10 +34,9 @@ def page(server: str, monkeypatch: pytest.MonkeyPatch) -> AppTest:
 
 
 @pytest.fixture
-def client(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """`frontend/client.py`, imported the way Streamlit imports it for the app: from the app's folder."""
-    monkeypatch.syspath_prepend(str(APP.parent))
-    return importlib.import_module("client")
+def client() -> ModuleType:
+    """The web UI's client module (`genserve.clients.ui`)."""
+    return importlib.import_module("genserve.clients.ui")
 
 
 def errors(page: AppTest) -> list[str]:

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from genserve.media import encode_image
+from genserve.core.media import encode_image
 
 #: Fields whose valid values cost generator time: each is set to its schema's minimum, since
 #: fuzzing is about what the API accepts, not about making 256x256 images in 50 steps.

@@ -7,9 +7,9 @@ import pytest
 from decoding import read_image, read_video
 from PIL import Image
 
-from genserve.generation import VideoJob, fit_image, generate_images, generate_videos, group_compatible
-from genserve.media import encode_image, encode_video
-from genserve.schemas import image_request_model, video_request_model
+from genserve.core.generation import VideoJob, fit_image, generate_images, generate_videos, group_compatible
+from genserve.core.media import encode_image, encode_video
+from genserve.core.schemas import image_request_model, video_request_model
 
 ONE_STEP = 1  # the largest difference batching may make, in 8-bit steps
 

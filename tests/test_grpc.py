@@ -23,10 +23,10 @@ from google.protobuf.descriptor import FieldDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from genserve.grpc_gateway import DEFAULT_MAX_MESSAGE_MB, MIB, grpc_error, load_contract
-from genserve.media import encode_image
-from genserve.processes import free_port, log_tail, start_process, stop_process_tree
-from genserve.schemas import MAX_SEED
+from genserve.clients.grpc_gateway import DEFAULT_MAX_MESSAGE_MB, MIB, grpc_error, load_contract
+from genserve.core.media import encode_image
+from genserve.core.schemas import MAX_SEED
+from genserve.serving.processes import free_port, log_tail, start_process, stop_process_tree
 
 TIMEOUT = 120
 #: What a client must allow itself to receive: the gateway's default limit.
@@ -35,11 +35,11 @@ CLIENT_OPTIONS = [("grpc.max_receive_message_length", DEFAULT_MAX_MESSAGE_MB * M
 
 @contextmanager
 def running_gateway(url: str, log_dir: Path, **env: str) -> Iterator[str]:
-    """`python -m genserve.grpc_gateway` in front of `url`, on a free port; yields its address."""
+    """`python -m genserve.clients.grpc_gateway` in front of `url`, on a free port; yields its address."""
     port = free_port()
     log = log_dir / f"gateway-{port}.log"
     env = {"GENSERVE_URL": url, "GENSERVE_GRPC_HOST": "127.0.0.1", "GENSERVE_GRPC_PORT": str(port), **env}
-    process = start_process([sys.executable, "-m", "genserve.grpc_gateway"], log, ROOT, env)
+    process = start_process([sys.executable, "-m", "genserve.clients.grpc_gateway"], log, ROOT, env)
     address = f"127.0.0.1:{port}"
     try:
         with grpc.insecure_channel(address) as channel:

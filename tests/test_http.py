@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from genserve.http import error_response, parse_error
+from genserve.clients.api import parse_error
+from genserve.serving.http import error_response
 
 
 def test_an_error_response_reads_back_as_its_message_and_field() -> None:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from genserve.settings import Settings
+from genserve.core.settings import Settings
 
 OVERLAYS = ("gpu", "cpu")
 # The oldest Kubernetes release still commonly run (managed clusters' extended support) and the
@@ -147,7 +147,8 @@ def test_each_service_runs_in_its_own_deployment_wired_to_the_others(overlay) ->
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_settings_are_valid_and_the_presets_fit_the_overlay(overlay) -> None:
-    known = set(re.findall(r'"(GENSERVE_[A-Z_]+)"', (ROOT / "genserve" / "settings.py").read_text()))
+    code = "".join(path.read_text() for path in (ROOT / "genserve").rglob("*.py"))
+    known = set(re.findall(r'"(GENSERVE_[A-Z_]+)"', code))  # every variable genserve reads
     for deployment in api_deployments(overlay).values():
         for container in containers(deployment):
             env = environment(overlay, container)
@@ -328,7 +329,7 @@ def test_web_ui_is_locked_down_and_reaches_the_gateway_with_a_secret_key(overlay
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_grpc_gateway_is_locked_down_and_forwards_to_the_gateway(overlay) -> None:
     spec, container = locked_down_front_end(overlay, GRPC)
-    assert container["command"] == ["python", "-m", "genserve.grpc_gateway"]
+    assert container["command"] == ["python", "-m", "genserve.clients.grpc_gateway"]
     assert container["readinessProbe"]["grpc"]["port"] == container["ports"][0]["containerPort"]
     assert environment(overlay, container)["GENSERVE_URL"] == "http://genserve:3000"
     assert spec["terminationGracePeriodSeconds"] > int(config(overlay)["GENSERVE_REQUEST_TIMEOUT_S"])

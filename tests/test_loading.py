@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import TINY
 
-from genserve.loading import load_image_pipeline, pick_device, resolve_source
-from genserve.settings import Settings
+from genserve.core.loading import load_image_pipeline, pick_device, resolve_source
+from genserve.core.settings import Settings
 
 
 def test_store_source_resolves_to_the_imported_model(tiny_models) -> None:

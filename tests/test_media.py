@@ -5,7 +5,7 @@ import pytest
 from decoding import read_mp4
 from PIL import Image
 
-from genserve.media import (
+from genserve.core.media import (
     IMAGE_FORMATS,
     VIDEO_FORMATS,
     decode_image,

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from conftest import genserve_metric, job_status, running_server, wait_ready
 
-from genserve.media import encode_image
-from genserve.processes import descendants
+from genserve.core.media import encode_image
+from genserve.serving.processes import descendants
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ QUICK_IMAGE = {"prompt": "a quick cat", "seed": 2}
 # The tiny preset's longest video and its shortest (a fraction of a second). The longest is only
 # ~1.6 s on 2 idle cores, its last denoising step at ~1.4 s, after which it can no longer be
 # stopped. A client that leaves after DEPART_S is noticed at the entry service's next check
-# (genserve.dispatch.DISCONNECT_POLL_S, 0.5 s), so the cancel lands ~0.5-0.8 s in: well before.
+# (genserve.serving.dispatch.DISCONNECT_POLL_S, 0.5 s), so the cancel lands ~0.5-0.8 s in: well before.
 # (A 1 s departure let the cancel land after the last step on a quiet machine.)
 SLOW_VIDEO = {"num_frames": "16", "num_inference_steps": "25", "seed": "1"}
 QUICK_VIDEO = {"num_frames": "2", "num_inference_steps": "1", "seed": "2"}

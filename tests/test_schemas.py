@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from genserve.presets import IMAGE_PRESETS, MAX_PROMPT_CHARS, VIDEO_PRESETS
-from genserve.schemas import MAX_SEED, image_request_model, video_request_model
+from genserve.core.presets import IMAGE_PRESETS, MAX_PROMPT_CHARS, VIDEO_PRESETS
+from genserve.core.schemas import MAX_SEED, image_request_model, video_request_model
 
 TINY_IMAGE = IMAGE_PRESETS["tiny"]
 TINY_VIDEO = VIDEO_PRESETS["tiny"]

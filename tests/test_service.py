@@ -12,9 +12,9 @@ import pytest
 from conftest import batch_sizes, job_status
 from decoding import read_image, read_video
 
-from genserve.generation import generate_images
-from genserve.media import encode_image
-from genserve.schemas import image_request_model
+from genserve.core.generation import generate_images
+from genserve.core.media import encode_image
+from genserve.core.schemas import image_request_model
 
 TIMEOUT = 120
 

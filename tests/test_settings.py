@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import TINY
 
-from genserve.presets import IMAGE_PRESETS, VIDEO_PRESETS
-from genserve.settings import Settings
+from genserve.core.presets import IMAGE_PRESETS, VIDEO_PRESETS
+from genserve.core.settings import Settings
 
 
 def test_defaults_are_the_demo_image_and_tiny_video_presets_from_the_model_store() -> None:

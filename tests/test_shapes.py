@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from genserve.shapes import (
+from genserve.core.shapes import (
     COLOURS,
     CONTRASTING,
     PLACE_WORDS,

@@ -19,8 +19,8 @@ import yaml
 from conftest import ROOT, free_port, genserve_metric, stop, wait_ready
 from decoding import read_image, read_video
 
-from genserve.loading import resolve_source
-from genserve.processes import start_process
+from genserve.core.loading import resolve_source
+from genserve.serving.processes import start_process
 
 BASE = ROOT / "k8s" / "base"
 MANIFESTS = {"gateway": "gateway.yaml", "image": "image-generator.yaml", "video": "video-generator.yaml"}

@@ -14,8 +14,8 @@ import weakref
 from conftest import ROOT
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from genserve.http import CatchErrors
-from genserve.timeout import RequestTimeout
+from genserve.serving.http import CatchErrors
+from genserve.serving.timeout import RequestTimeout
 
 #: BentoML's own class, whatever its module holds once cancel_timers_when_done() has run.
 STOCK = RequestTimeout.__bases__[0]

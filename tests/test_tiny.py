@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 
-from genserve import tiny
+from genserve.core import tiny
 
 
 def digest(directory: Path) -> dict[str, str]:

@@ -15,9 +15,9 @@ import torch
 from bentoml.exceptions import ServiceUnavailable
 from conftest import ROOT
 
-from genserve.generation import generate_images
-from genserve.schemas import image_request_model
-from genserve.workers import BackgroundLoad, Cancellations, Queued, run_batch
+from genserve.core.generation import generate_images
+from genserve.core.schemas import image_request_model
+from genserve.serving.workers import BackgroundLoad, Cancellations, Queued, run_batch
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import io
 
 from PIL import Image, UnidentifiedImageError
 
-from genserve.presets import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, MIN_UPLOAD_SIDE, UPLOAD_FORMATS
+from genserve.core.presets import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, MIN_UPLOAD_SIDE, UPLOAD_FORMATS
 
 
 class UploadError(ValueError):

@@ -147,7 +147,7 @@ IMAGE_PRESETS: dict[str, ImagePreset] = {
             embedded=True,
         ),
         ImagePreset(
-            name="demo",  # trained on the CPU to draw coloured shapes (genserve/shapes.py)
+            name="demo",  # trained on the CPU to draw coloured shapes (genserve/core/shapes.py)
             source=f"bentoml:{store_tag('image', 'demo')}",
             cuda_dtype="float32",
             default_width=64,  # the size it was trained at, the only one it draws well

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from typing import Any
@@ -15,12 +14,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from genserve.core.protocol import SEED_HEADER
+
 logger = logging.getLogger(__name__)
-SEED_HEADER = "X-Seed"
-#: A background job (`/txt2vid`) in these states is still running: its clients ask again after
-#: JOB_POLL_INTERVAL_S.
-JOB_RUNNING = ("pending", "in_progress")
-JOB_POLL_INTERVAL_S = 0.5
 
 
 def media_response(data: bytes, media_type: str, seed: int, extension: str) -> Response:
@@ -43,27 +39,6 @@ def error_response(
     if field is not None:
         body["detail"] = [{"loc": [field], "msg": message}]
     return JSONResponse(body, status_code=status, headers=headers)
-
-
-def parse_error(text: str) -> tuple[str, list[tuple[str, str]]]:
-    """The message of an error body shaped as `error_response` makes them (BentoML's validation
-    errors share the shape) and the `(field, message)` pairs it names, for clients to show.
-
-    The JSON may follow a prefix (BentoML's client SDK raises "Error making request: 400: {...}");
-    a text without it is the message itself.
-    """
-    start = text.find("{")
-    try:
-        body = json.loads(text[start:]) if start >= 0 else None
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        return text.strip(), []
-    detail = body.get("detail")
-    items = [item for item in detail if isinstance(item, dict)] if isinstance(detail, list) else []
-    fields = [(".".join(map(str, item.get("loc", []))), str(item.get("msg", ""))) for item in items]
-    message = str(body.get("error") or (detail if isinstance(detail, str) else "") or "")
-    return message or ("" if fields else text.strip()), fields
 
 
 def openai_error(

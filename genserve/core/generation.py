@@ -19,9 +19,9 @@ import torch
 from diffusers import StableDiffusion3Pipeline, StableVideoDiffusionPipeline
 from PIL import Image, ImageOps
 
-from genserve.media import decode_image
-from genserve.presets import ImagePreset, VideoPreset
-from genserve.schemas import ImageRequest, VideoJob
+from genserve.core.media import decode_image
+from genserve.core.presets import ImagePreset, VideoPreset
+from genserve.core.schemas import ImageRequest, VideoJob
 
 T = TypeVar("T")
 

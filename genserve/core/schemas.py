@@ -14,12 +14,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
-from genserve.presets import MAX_PROMPT_CHARS, MIN_FRAMES, SIZE_MULTIPLE, ImagePreset, VideoPreset
+from genserve.core.presets import MAX_PROMPT_CHARS, MIN_FRAMES, SIZE_MULTIPLE, ImagePreset, VideoPreset
+from genserve.core.protocol import IMAGE_FORMATS, VIDEO_FORMATS
 
 MAX_SEED = 2**32 - 1
 MIN_SIZE = 4 * SIZE_MULTIPLE
-ImageFormat = Literal["png", "jpeg", "webp"]
-VideoFormat = Literal["mp4", "gif", "webp"]
+ImageFormat = Literal[tuple(IMAGE_FORMATS)]
+VideoFormat = Literal[tuple(VIDEO_FORMATS)]
 
 
 def random_seed() -> int:

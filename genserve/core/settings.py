@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from genserve.presets import ImagePreset, VideoPreset, image_preset, video_preset
+from genserve.core.presets import ImagePreset, VideoPreset, image_preset, video_preset
+from genserve.core.protocol import DEFAULT_TIMEOUT_S
 
 N = TypeVar("N", int, float)
 B = TypeVar("B", bool, None)
@@ -21,8 +22,6 @@ DEVICES = ("auto", "cpu", "cuda")
 #: it does; the demo video model is not trained yet (docs/demo-training.md), so video is tiny's.
 DEFAULT_IMAGE_PRESET = "demo"
 DEFAULT_VIDEO_PRESET = "tiny"
-DEFAULT_TIMEOUT_S = 900
-DEFAULT_API_URL = "http://127.0.0.1:3000"  # `make serve`'s address
 #: Default queue bound of a generator, in batches: enough to keep it busy, short enough that a
 #: queued request is served long before its timeout.
 QUEUE_BATCHES = 4
@@ -156,13 +155,3 @@ class Settings:
             api_keys_file=_path(environ, "GENSERVE_API_KEYS_FILE"),
             protect_metrics=_flag(environ, "GENSERVE_PROTECT_METRICS", False),
         )
-
-
-def api_url(environ: Mapping[str, str] = os.environ) -> str:
-    """Where clients of the API (the CLI, the web UI, the gRPC gateway) find it: GENSERVE_URL."""
-    return (environ.get("GENSERVE_URL") or DEFAULT_API_URL).rstrip("/")
-
-
-def api_key(environ: Mapping[str, str] = os.environ) -> str | None:
-    """The key those clients send as `Authorization: Bearer`: GENSERVE_API_KEY, if set."""
-    return environ.get("GENSERVE_API_KEY") or None

@@ -15,7 +15,7 @@ from _bentoml_impl.tasks import Sqlite3Store  # BentoML's own store, so rows sta
 from _bentoml_impl.tasks.result import ResultStatus
 from bentoml._internal.configuration.containers import BentoMLContainer
 
-from genserve.http import error_response
+from genserve.serving.http import error_response
 
 logger = logging.getLogger(__name__)
 

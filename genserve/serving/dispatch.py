@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from bentoml.exceptions import BentoMLException
 from starlette.requests import Request
 
-from genserve.workers import CLIENT_LEFT, Outcome, Queued
+from genserve.serving.workers import CLIENT_LEFT, Outcome, Queued
 
 if TYPE_CHECKING:  # imported by BentoML's client where it runs; not by `bentoml serve`'s process
     import aiohttp
@@ -114,7 +114,7 @@ async def _call_once(generator: Any, queued: list[Queued], request: Request | No
             # Answered all the same, though nobody reads it: the log shows 499, and the request
             # ends as a request rather than as an error. (A request ending without a response was
             # held by BentoML's own timeout middleware until its timeout, and a stopping server
-            # waited for it; genserve/timeout.py replaces that middleware.)
+            # waited for it; genserve/serving/timeout.py replaces that middleware.)
             logger.info("client disconnected; cancelling its request")
             await _abandon(work, generator, queued)
             return everyone(CLIENT_LEFT)

@@ -1,7 +1,7 @@
 """The gRPC front door: the original project's `image_gen.proto`, forwarded to genserve's HTTP API.
 
 BentoML 1.4's services cannot serve gRPC, so this is a process of its own (`python -m
-genserve.grpc_gateway`, its own Deployment) that calls the service through BentoML's client
+genserve.clients.grpc_gateway`, its own Deployment) that calls the service through BentoML's client
 SDK: the service stays the one place that validates, batches and generates, and its 4xx
 errors come back as INVALID_ARGUMENT naming the same field.
 
@@ -40,15 +40,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_tools import protoc
 
-from genserve.auth import parse_bearer
-from genserve.http import JOB_POLL_INTERVAL_S, JOB_RUNNING, parse_error
-from genserve.media import VIDEO_FORMATS, take_file
-from genserve.schemas import TextToVideoRequest, VideoRequest, random_seed
-from genserve.settings import DEFAULT_TIMEOUT_S, _positive_int, api_url
+from genserve.clients.api import api_url, parse_error, take_file, wait_for_job
+from genserve.core.protocol import DEFAULT_TIMEOUT_S, VIDEO_FORMATS, parse_bearer
+from genserve.core.schemas import TextToVideoRequest, VideoRequest, random_seed
+from genserve.core.settings import _positive_int
 
 logger = logging.getLogger(__name__)
 
-PROTO = Path(__file__).resolve().parent.parent / "proto" / "image_gen.proto"
+PROTO = Path(__file__).resolve().parents[2] / "proto" / "image_gen.proto"
 SERVICE = "ImageGenerator"
 MIB = 1024 * 1024
 
@@ -239,8 +238,11 @@ class Gateway:
 
         async def text_to_video(client: bentoml.AsyncHTTPClient) -> bytes:
             task = await client.txt2vid.submit(**fields)
-            while (await task.get_status()).value in JOB_RUNNING:
-                await asyncio.sleep(JOB_POLL_INTERVAL_S)
+
+            async def status() -> str:
+                return (await task.get_status()).value
+
+            await wait_for_job(status, self.settings.timeout_s)  # a JobTimeout is a TimeoutError
             return await read_result(await task.get())
 
         data = await self._forward(context, text_to_video if image is None else image_to_video)

@@ -1,6 +1,6 @@
 """The demo preset's image architecture: SD3, shrunk, for weights genserve trains itself.
 
-The demo model draws what `genserve.shapes` describes (a coloured shape on a plain background),
+The demo model draws what `genserve.core.shapes` describes (a coloured shape on a plain background),
 so it must read its prompt: every grammar word is one token of the tokenizers, and the text
 encoders are trained with the transformer. The pictures are 64×64 with a VAE that downsamples
 by 4 (three levels instead of SD3's four), so a shape covers a 16×16 latent well enough to keep
@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderKL, SD3Transformer2DModel, StableDiffusion3Pipeline
 
-from genserve.shapes import WORDS
-from genserve.tiny import build_clip_tokenizer, build_t5_tokenizer, sd3_pipeline
+from genserve.core.shapes import WORDS
+from genserve.core.tiny import build_clip_tokenizer, build_t5_tokenizer, sd3_pipeline
 
 SIDE = 64  # the pictures' side, pixels
 #: Prompt tokens each text encoder reads: a grammar prompt is at most 11 words (13 CLIP tokens).

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline, StableDiffusion3Pipeline, StableVideoDiffusionPipeline
 
-from genserve.settings import Settings
+from genserve.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 

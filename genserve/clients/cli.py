@@ -14,6 +14,7 @@ Exit status: 0 on success, 2 when the request was refused as invalid (like a usa
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import threading
@@ -25,15 +26,21 @@ from typing import Any, NamedTuple, TextIO, get_args
 
 import httpx
 
-from genserve.http import JOB_POLL_INTERVAL_S, JOB_RUNNING, SEED_HEADER, parse_error
-from genserve.schemas import ImageFormat, VideoFormat
-from genserve.settings import DEFAULT_API_URL, DEFAULT_TIMEOUT_S, api_key, api_url
+from genserve.clients.api import (
+    CONNECT_TIMEOUT_S,
+    DEFAULT_API_URL,
+    JobTimeout,
+    api_key,
+    api_url,
+    parse_error,
+    wait_for_job,
+)
+from genserve.core.protocol import DEFAULT_TIMEOUT_S, SEED_HEADER
+from genserve.core.schemas import ImageFormat, VideoFormat
 
 IMAGE_FORMATS: tuple[str, ...] = get_args(ImageFormat)
 VIDEO_FORMATS: tuple[str, ...] = get_args(VideoFormat)
 EXTENSIONS = {"image": {".jpg": "jpeg"}, "video": {}}  # beyond ".<format>" itself
-# A connection attempt needs no generation time: a dead host should fail fast, not after --timeout.
-CONNECT_TIMEOUT_S = 10.0
 CLEAR_LINE = "\r\x1b[K"  # back to the line's start and erase it, so a shorter redraw leaves no tail
 
 
@@ -262,18 +269,25 @@ def txt2vid(client: Client, args: argparse.Namespace) -> None:
     task_id = client.json("POST", "/txt2vid/submit", json=body)["task_id"]
     print(f"txt2vid: task {task_id}", file=sys.stderr)
     progress = Progress("txt2vid")
-    status = "in_progress"
+
+    async def status() -> str:
+        """One status request, off the event loop (this client is synchronous)."""
+        reply = await asyncio.to_thread(client.json, "GET", "/txt2vid/status", params={"task_id": task_id})
+        return reply["status"]
+
+    def show(now: str, _elapsed_s: float) -> None:
+        progress.show(now)
+
     try:
-        while status in JOB_RUNNING:
-            if progress.elapsed() > client.timeout:
-                raise CLIError(f"task {task_id} did not finish within {client.timeout:g} s (see --timeout)")
-            time.sleep(JOB_POLL_INTERVAL_S)
-            status = client.json("GET", "/txt2vid/status", params={"task_id": task_id})["status"]
-            progress.show(status)
+        status = asyncio.run(wait_for_job(status, client.timeout, on_status=show))
+        progress.show(status)
         if status not in ("completed", "failed"):  # canceled: there is no result to get
             raise CLIError(f"task {task_id} ended as {status!r}")
         # A failed task's result is the server's error response, which `request` reports.
         response = client.request("GET", "/txt2vid/get", params={"task_id": task_id})
+    except JobTimeout:
+        progress.finish("failed")
+        raise CLIError(f"task {task_id} did not finish within {client.timeout:g} s (see --timeout)") from None
     except CLIError:
         progress.finish("failed")
         raise

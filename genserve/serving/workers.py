@@ -24,11 +24,11 @@ import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 from pydantic import BaseModel, ConfigDict, Field
 
-from genserve.media import encode_image
-from genserve.metrics import generated_total, generation_seconds, queue_wait_seconds
-from genserve.presets import MIN_FRAMES
-from genserve.schemas import VideoJob, image_request_model, video_request_model
-from genserve.settings import Settings
+from genserve.core.media import encode_image
+from genserve.core.presets import MIN_FRAMES
+from genserve.core.schemas import VideoJob, image_request_model, video_request_model
+from genserve.core.settings import Settings
+from genserve.serving.metrics import generated_total, generation_seconds, queue_wait_seconds
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusion3Pipeline, StableVideoDiffusionPipeline
@@ -214,8 +214,8 @@ def _free_accelerator_memory() -> None:
 
 def warmed_image_pipeline(settings: Settings) -> StableDiffusion3Pipeline:
     """Load the image pipeline and run it once, so the first real request pays no first-call costs."""
-    from genserve.generation import generate_images
-    from genserve.loading import load_image_pipeline
+    from genserve.core.generation import generate_images
+    from genserve.core.loading import load_image_pipeline
 
     pipe = load_image_pipeline(settings)
     warmup = image_request_model(settings.image_preset)(prompt="warm-up", num_inference_steps=1, seed=0)
@@ -225,8 +225,8 @@ def warmed_image_pipeline(settings: Settings) -> StableDiffusion3Pipeline:
 
 def warmed_video_pipeline(settings: Settings) -> StableVideoDiffusionPipeline:
     """Load the video pipeline and run it once (shortest video, one step)."""
-    from genserve.generation import generate_videos
-    from genserve.loading import load_video_pipeline
+    from genserve.core.generation import generate_videos
+    from genserve.core.loading import load_video_pipeline
 
     pipe = load_video_pipeline(settings)
     preset = settings.video_preset

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from genserve.http import error_response, openai_error
+from genserve.core.protocol import parse_bearer
+from genserve.serving.http import error_response, openai_error
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +59,6 @@ class KeyRing:
         for key in (*self._static, *self._keys_from_file()):
             matched |= hmac.compare_digest(candidate.encode(), key.encode())
         return matched
-
-
-def parse_bearer(authorization: str) -> str | None:
-    """The key of an `Authorization: Bearer <key>` value (HTTP header or gRPC metadata)."""
-    scheme, _, token = authorization.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
 
 
 def bearer_token(scope: Scope) -> str | None:

@@ -19,7 +19,7 @@ import asyncio
 from bentoml._internal.server.http import traffic
 from starlette.types import Message, Receive, Scope, Send
 
-from genserve.http import error_response
+from genserve.serving.http import error_response
 
 
 class RequestTimeout(traffic.TimeoutMiddleware):

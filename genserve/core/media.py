@@ -9,16 +9,7 @@ import imageio_ffmpeg
 import numpy as np
 from PIL import Image
 
-IMAGE_FORMATS: dict[str, str] = {
-    "png": "image/png",
-    "jpeg": "image/jpeg",
-    "webp": "image/webp",
-}
-VIDEO_FORMATS: dict[str, str] = {
-    "mp4": "video/mp4",
-    "gif": "image/gif",
-    "webp": "image/webp",
-}
+from genserve.core.protocol import IMAGE_FORMATS, VIDEO_FORMATS
 
 # PNG is lossless at every level; higher levels only shrink the file a little while
 # costing several times the CPU, and encoding sits on the serving hot path.
@@ -55,15 +46,6 @@ def encode_image(image: np.ndarray, fmt: str) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, **_IMAGE_SAVE_ARGS[fmt])
     return buf.getvalue()
-
-
-def take_file(path: Path) -> bytes:
-    """A result file the BentoML client SDK saved, read and removed: the SDK removes its folder
-    only with the client, and a web UI session's client lives as long as the session."""
-    try:
-        return path.read_bytes()
-    finally:
-        path.unlink(missing_ok=True)
 
 
 def decode_image(data: bytes) -> Image.Image:

@@ -20,10 +20,16 @@ import bentoml
 import httpx
 from bentoml.exceptions import BentoMLException
 
-from genserve.cli import CONNECT_TIMEOUT_S
-from genserve.http import JOB_POLL_INTERVAL_S, JOB_RUNNING, parse_error
-from genserve.media import take_file
-from genserve.settings import DEFAULT_TIMEOUT_S, api_key, api_url
+from genserve.clients.api import (
+    CONNECT_TIMEOUT_S,
+    JobTimeout,
+    api_key,
+    api_url,
+    parse_error,
+    take_file,
+    wait_for_job,
+)
+from genserve.core.protocol import DEFAULT_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -134,14 +140,15 @@ class GenServe:
         async with bentoml.AsyncHTTPClient(self.connection.url, **self.connection.sdk_options()) as sdk:
             if job.task_id is None:
                 job.task_id = (await sdk.txt2vid.submit(**job.fields)).id
-            while (status := (await sdk.txt2vid.get_status(job.task_id)).value) in JOB_RUNNING:
-                elapsed = time.monotonic() - job.started
-                if elapsed > self.connection.timeout_s:
-                    raise UIError(
-                        f"Job {job.task_id} is still {status} after {elapsed:.0f} s; stopped waiting."
-                    )
-                on_status(status, elapsed)
-                await asyncio.sleep(JOB_POLL_INTERVAL_S)
+            task_id = job.task_id
+
+            async def status() -> str:
+                return (await sdk.txt2vid.get_status(task_id)).value
+
+            try:
+                status = await wait_for_job(status, self.connection.timeout_s, job.started, on_status)
+            except JobTimeout as timeout:
+                raise UIError(f"Job {task_id} is {timeout}; stopped waiting.") from None
             if status == "canceled":
                 raise UIError(f"Job {job.task_id} was canceled on the server.")
             # A failed job's result is the server's error, which the SDK raises.

@@ -30,13 +30,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from genserve.dispatch import RETRY_AFTER_S, dispatch_all
-from genserve.http import openai_error
-from genserve.media import encode_image
-from genserve.presets import IMAGE_PRESETS
-from genserve.schemas import ImageFormat, image_request_model
-from genserve.settings import Settings
-from genserve.workers import CLIENT_LEFT, Outcome
+from genserve.core.media import encode_image
+from genserve.core.presets import IMAGE_PRESETS
+from genserve.core.schemas import ImageFormat, image_request_model
+from genserve.core.settings import Settings
+from genserve.serving.dispatch import RETRY_AFTER_S, dispatch_all
+from genserve.serving.http import openai_error
+from genserve.serving.workers import CLIENT_LEFT, Outcome
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,2 @@
+"""Clients of the HTTP API: the CLI, the web UI's client and the gRPC gateway. No torch, diffusers
+or imageio here (tests/test_clients.py)."""
