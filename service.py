@@ -45,6 +45,7 @@ from genserve.serving.http import (
     BodyLimit,
     CatchErrors,
     JSONDocument,
+    JSONNotFound,
     ValidateForm,
     ValidateJSONBody,
     error_response,
@@ -238,7 +239,8 @@ def answer(ctx: bentoml.Context, response: Response) -> Response:
 
 
 # Outermost first: turn a middleware's own failure into a logged JSON 500, refuse without a
-# key, refuse oversized or malformed bodies, then serve /models and validate job submissions.
+# key, refuse oversized bodies, word unknown paths' 404 in JSON, refuse malformed forms, then
+# serve /models and validate job submissions.
 GenServe.add_asgi_middleware(CatchErrors)
 GenServe.add_asgi_middleware(
     BearerAuth,
@@ -247,6 +249,8 @@ GenServe.add_asgi_middleware(
     openai_prefix=OPENAI_PREFIX,
 )
 GenServe.add_asgi_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
-GenServe.add_asgi_middleware(ValidateForm, file_fields={"/img2vid": frozenset({"image"})})
+GenServe.add_asgi_middleware(JSONNotFound)
+ENDPOINTS = frozenset(api.route for api in GenServe.apis.values()) | {"/txt2vid/submit"}
+GenServe.add_asgi_middleware(ValidateForm, paths=ENDPOINTS, file_fields={"/img2vid": frozenset({"image"})})
 GenServe.add_asgi_middleware(JSONDocument, path="/models", document=MODELS_INFO)
 GenServe.add_asgi_middleware(ValidateJSONBody, path="/txt2vid/submit", model=TextToVideo)

@@ -168,6 +168,11 @@ CORPUS = {
     "GET /txt2vid/get": [
         ("unknown task", {"params": {"task_id": "no-such-job"}}, 404, None, "task_id"),
     ],
+    "GET /no-such-path": [("unknown path", {}, 404, None, "/no-such-path")],
+    "POST /no-such-path": [
+        ("unknown path, JSON", body({"prompt": "cat"}), 404, None, "/no-such-path"),
+        ("unknown path, upload", upload(png()), 404, None, "/no-such-path"),
+    ],
 }
 CASES = [
     pytest.param(target, *case, id=f"{target} {name}")

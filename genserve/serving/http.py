@@ -184,16 +184,23 @@ class ValidateForm:
 
     BentoML answers 500 to a malformed multipart body, to a non-UTF-8 file part in a form field,
     and to a file field sent as text (which it takes for a URL to download). So here: the form
-    must parse, `file_fields` must be files and every other field must be text.
+    must parse, `file_fields` must be files and every other field must be text. Only on `paths`,
+    the endpoints': another path is the router's to answer (404).
     """
 
-    def __init__(self, app: ASGIApp, file_fields: dict[str, frozenset[str]]) -> None:
+    def __init__(self, app: ASGIApp, paths: frozenset[str], file_fields: dict[str, frozenset[str]]) -> None:
         self.app = app
+        self.paths = paths
         self.file_fields = file_fields  # path -> its file fields
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         content_type = dict(scope.get("headers", [])).get(b"content-type", b"").decode("latin-1")
-        if scope["type"] != "http" or scope["method"] != "POST" or not content_type.startswith(FORM_TYPES):
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or scope["path"] not in self.paths
+            or not content_type.startswith(FORM_TYPES)
+        ):
             await self.app(scope, receive, send)
             return
         body = await read_body(receive)
@@ -245,3 +252,29 @@ class CatchErrors:
             if scope["type"] != "http" or started:
                 raise
             await error_response(500, "internal error; see the server log")(scope, receive, send)
+
+
+class JSONNotFound:
+    """ASGI middleware: the router's plain-text 404 for an unknown path becomes a JSON error shaped
+    like every other (a 404 the app words itself, an unknown task say, passes as it is)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        replaced = False
+
+        async def replacing_send(message: Message) -> None:
+            nonlocal replaced
+            if message["type"] == "http.response.start" and message["status"] == 404:
+                headers = dict(message.get("headers", []))
+                replaced = headers.get(b"content-type", b"").startswith(b"text/plain")
+            if not replaced:
+                await send(message)
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                await error_response(404, f"no such path: {scope['path']}")(scope, receive, send)
+
+        await self.app(scope, receive, replacing_send)
