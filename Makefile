@@ -16,9 +16,9 @@ setup: $(INSTALLED)
 
 # Re-installs only when a requirements file changes. torch is pinned to the CPU wheel that
 # lies on the dev/CI machines' local wheel folder (a plain `torch` would pull a CUDA build).
-$(INSTALLED): requirements*.txt pyproject.toml
+$(INSTALLED): requirements/*.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -r requirements-dev.txt -e .
+	$(BIN)/pip install --quiet -r requirements/dev.txt -e .
 	touch $@
 
 # The default presets into the BentoML model store, skipped when already there: the demo image

@@ -84,7 +84,7 @@ def test_the_bento_holds_the_services_the_embedded_models_and_the_pins(bento) ->
     assert {model["tag"] for model in info["models"]} == expected
     # The same pins as the venv, unlocked (locking would need the network).
     requirements = (bento / "env" / "python" / "requirements.txt").read_text().splitlines()
-    pins = [line for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line]
+    pins = [line for line in (ROOT / "requirements" / "runtime.txt").read_text().splitlines() if "==" in line]
     assert "torch==2.13.0" in pins
     assert set(pins) <= set(requirements)
     assert not (bento / "env" / "python" / "requirements.lock.txt").exists()

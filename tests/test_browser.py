@@ -1,7 +1,7 @@
 """The web UI in a real browser: headless Chromium opens the running page, asks for an image, sees it.
 
 Needs the system Chromium (Debian: `apt-get install chromium chromium-driver`) and Playwright
-(requirements-browser-test.txt); Playwright's own browser download is never used.
+(requirements/browser-test.txt); Playwright's own browser download is never used.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ pytestmark = [
     ),
 ]
 sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="Playwright is missing: pip install -r requirements-browser-test.txt"
+    "playwright.sync_api", reason="Playwright is missing: pip install -r requirements/browser-test.txt"
 )
 
 

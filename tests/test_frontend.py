@@ -175,12 +175,12 @@ def test_connection_settings_come_from_the_environment(client) -> None:
 
 
 def test_frontend_pins_agree_with_the_service_pins() -> None:
-    """The UI image installs requirements-frontend.txt alone, so shared packages must match."""
+    """The UI image installs requirements/frontend.txt alone, so shared packages must match."""
 
     def pins(path: Path) -> dict[str, str]:
         lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
         return dict(line.split("==") for line in lines if "==" in line)
 
-    service, frontend = pins(ROOT / "requirements.txt"), pins(ROOT / "requirements-frontend.txt")
+    service, frontend = (pins(ROOT / "requirements" / name) for name in ("runtime.txt", "frontend.txt"))
     shared = service.keys() & frontend.keys()
     assert shared and {name: frontend[name] for name in shared} == {name: service[name] for name in shared}
