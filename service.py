@@ -40,6 +40,7 @@ from genserve.core.schemas import (
 from genserve.core.settings import Settings
 from genserve.serving.auth import BearerAuth, KeyRing
 from genserve.serving.batching import batch_greedily
+from genserve.serving.bentoml_compat import check_bentoml_version
 from genserve.serving.dispatch import KEEP_CONNECTION_POOL, RETRY_AFTER_S, Admission, dispatch
 from genserve.serving.http import (
     BodyLimit,
@@ -69,6 +70,7 @@ from genserve.serving.workers import (
 
 TIMEOUT_GRACE_S = 30  # BentoML's own timeouts fire after genserve's deadlines, which answer clearly
 settings = Settings.from_env()
+check_bentoml_version(settings.allow_untested_bentoml)  # genserve/serving/bentoml_compat.py
 batch_greedily()  # a batch starts whenever a generator is free (genserve/serving/batching.py)
 cancel_timers_when_done()  # BentoML's request timeout kept every request in memory (serving/timeout.py)
 

@@ -7,6 +7,7 @@ import pytest
 from decoding import read_image, read_video
 from PIL import Image
 
+from genserve.core import tiny
 from genserve.core.generation import VideoJob, fit_image, generate_images, generate_videos, group_compatible
 from genserve.core.media import encode_image, encode_video
 from genserve.core.schemas import image_request_model, video_request_model
@@ -122,3 +123,23 @@ def test_video_batch_matches_alone_and_keeps_order(video_pipe, settings, video_r
     for job, video in zip(jobs, videos, strict=True):
         [alone] = generate_videos(video_pipe, preset, [job])
         assert max_step_difference(video, alone) <= ONE_STEP
+
+
+def test_an_unwanted_group_is_stopped_and_the_others_are_served(image_pipe, settings, image_request) -> None:
+    one, two = (image_request(prompt="a cat", seed=1, num_inference_steps=steps) for steps in (1, 2))
+    results = generate_images(image_pipe, settings.image_preset, [one, two], unwanted=lambda i: i == 0)
+    assert results[0] is None and results[1].shape == (64, 64, 3)
+
+
+def test_a_stopped_group_frees_the_offloaded_models(settings, image_request, monkeypatch) -> None:
+    """A stop raises out of the pipeline's loop, past its own `maybe_free_model_hooks()`: genserve
+    calls it, so with model offload the models go back to the CPU (on a GPU, their memory)."""
+    pipe = tiny.build_image_pipeline()
+    pipe.enable_model_cpu_offload(device="cpu")  # the accelerate hooks GENSERVE_CPU_OFFLOAD installs
+    hooks_before = list(pipe._all_hooks)
+    freed = []
+    free = pipe.maybe_free_model_hooks
+    monkeypatch.setattr(pipe, "maybe_free_model_hooks", lambda: freed.append(True) or free())
+    [result] = generate_images(pipe, settings.image_preset, [image_request(prompt="a cat")], lambda _: True)
+    assert result is None and freed == [True]
+    assert all(new is not old for new, old in zip(pipe._all_hooks, hooks_before, strict=True))

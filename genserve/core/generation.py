@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import numpy as np
 import torch
-from diffusers import StableDiffusion3Pipeline, StableVideoDiffusionPipeline
+from diffusers import DiffusionPipeline, StableDiffusion3Pipeline, StableVideoDiffusionPipeline
 from PIL import Image, ImageOps
 
 from genserve.core.media import decode_image
@@ -49,6 +49,12 @@ def _stop_callback(indices: Sequence[int], unwanted: StopCheck | None) -> Callab
         return tensors
 
     return callback
+
+
+def _clean_up_after_stop(pipe: DiffusionPipeline) -> None:
+    """What a pipeline call does last, skipped when GroupStopped leaves it: offloaded models
+    (GENSERVE_CPU_OFFLOAD) go back to the CPU instead of holding the GPU's memory."""
+    pipe.maybe_free_model_hooks()
 
 
 def group_compatible(items: Sequence[T], key: Callable[[T], Hashable]) -> list[list[int]]:
@@ -101,6 +107,7 @@ def generate_images(
                 callback_on_step_end=_stop_callback(indices, unwanted),
             ).images
         except GroupStopped:
+            _clean_up_after_stop(pipe)
             continue
         for index, pixels in zip(indices, _to_uint8(images), strict=True):
             results[index] = pixels
@@ -149,6 +156,7 @@ def generate_videos(
                 callback_on_step_end=_stop_callback(indices, unwanted),
             ).frames
         except GroupStopped:
+            _clean_up_after_stop(pipe)
             continue
         for index, video_latents in zip(indices, latents, strict=True):
             results[index] = _decode_video(pipe, video_latents, first.num_frames, preset.decode_chunk_size)

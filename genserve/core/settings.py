@@ -93,6 +93,7 @@ class Settings:
     api_keys: tuple[str, ...]  # empty and no key file: the API is open
     api_keys_file: Path | None  # one key per line, re-read when it changes (rotation)
     protect_metrics: bool  # /metrics needs a key too
+    allow_untested_bentoml: bool  # start on a BentoML release genserve was not tested with
 
     @staticmethod
     def batching(max_batch_size: int, max_latency_ms: int) -> dict:
@@ -154,4 +155,5 @@ class Settings:
             ),
             api_keys_file=_path(environ, "GENSERVE_API_KEYS_FILE"),
             protect_metrics=_flag(environ, "GENSERVE_PROTECT_METRICS", False),
+            allow_untested_bentoml=_flag(environ, "GENSERVE_ALLOW_UNTESTED_BENTOML", False),
         )

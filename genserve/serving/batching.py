@@ -18,26 +18,25 @@ two things that leave a generator idle while requests wait:
   generator idle 14 % of the time under load). genserve frees the generator first, lets the
   next batch start, then answers.
 
-No BentoML setting does either; BentoML is pinned, and tests/test_batching.py checks the
-dispatcher still behaves as this module expects.
+No BentoML setting does either; the dispatcher is BentoML's private code (reached through
+serving/bentoml_compat.py), and tests/test_batching.py checks it still behaves as this module expects.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from bentoml._internal.marshal import dispatcher
+from genserve.serving import bentoml_compat
 
 #: How many of the dispatcher's polling intervals (1 ms) a finished batch's answers wait, at
 #: most, for the next batch to start.
 HANDOVER_TICKS = 5
 
 
-class GreedyOptimizer(dispatcher.Optimizer):
+class GreedyOptimizer(bentoml_compat.Optimizer):
     """BentoML's batch-cost model, learned as before, with the wait for partners fixed at zero."""
 
     def trigger_refresh(self) -> None:
@@ -45,7 +44,7 @@ class GreedyOptimizer(dispatcher.Optimizer):
         self.wait = 0.0
 
 
-class GreedyDispatcher(dispatcher.CorkDispatcher):
+class GreedyDispatcher(bentoml_compat.CorkDispatcher):
     """BentoML's dispatcher that never waits for partners and starts the next batch before
     answering the last one."""
 
@@ -53,7 +52,7 @@ class GreedyDispatcher(dispatcher.CorkDispatcher):
         super().__init__(*args, **kwargs)
         self.optimizer = GreedyOptimizer(self.max_latency)
 
-    async def outbound_call(self, inputs_info: Sequence[dispatcher.Job], training: bool = False) -> None:
+    async def outbound_call(self, inputs_info: Sequence[bentoml_compat.Job], training: bool = False) -> None:
         """Run one batch, free the generator, let the next batch start, then answer.
 
         As BentoML's own: a failed batch answers each of its requests with the exception, a
@@ -94,14 +93,5 @@ class GreedyDispatcher(dispatcher.CorkDispatcher):
 
 
 def batch_greedily() -> None:
-    """Make the services' batchable methods use `GreedyDispatcher`.
-
-    Their dispatchers are made by BentoML's service app (`_bentoml_impl.server.app`), which
-    takes the class from BentoML's dispatcher module when a worker first imports it, after
-    service.py; an app imported earlier is patched as it is. The app is not imported here: the
-    `bentoml serve` process never needs it, and it would add ~0.2 s to every cold start.
-    """
-    dispatcher.CorkDispatcher = GreedyDispatcher
-    service_app = sys.modules.get("_bentoml_impl.server.app")
-    if service_app is not None:
-        service_app.CorkDispatcher = GreedyDispatcher
+    """Make the services' batchable methods use `GreedyDispatcher`."""
+    bentoml_compat.install_dispatcher(GreedyDispatcher)

@@ -1,7 +1,7 @@
 """The entry service's side of a generator call: deadlines, cancellation, and failures as answers.
 
 BentoML keeps a generator working after the caller has gone (a timed-out or disconnected
-request, upstream issue #5642), so each request carries a deadline the generator enforces, and
+request, bentoml/BentoML#5642), so each request carries a deadline the generator enforces, and
 when the caller goes away the generator is told to drop the request. Whatever goes wrong
 comes back as an `Outcome` with an HTTP status, never as a hang or a bare 500.
 """
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from bentoml.exceptions import BentoMLException
 from starlette.requests import Request
 
+from genserve.serving import bentoml_compat
 from genserve.serving.workers import CLIENT_LEFT, Outcome, Queued
 
 if TYPE_CHECKING:  # imported by BentoML's client where it runs; not by `bentoml serve`'s process
@@ -33,9 +34,8 @@ DISCONNECT_POLL_S = 0.5
 POOL_KEEPALIVE_S = 3
 #: A generator's `runner_connection` setting: its callers keep one connection pool for good.
 #: BentoML's client otherwise renews its session every 100 calls and every 5 minutes and closes
-#: the old one while calls still use it (`_bentoml_impl/client/proxy2.py`,
-#: `SessionManager.get_session`): under concurrent load those calls failed (503 here, 6-23 of
-#: 216 requests in bench runs). The generators are local processes: nothing to renew.
+#: the old one while calls still use it (bentoml/BentoML#5540; bench/README.md has the 503s it
+#: caused). The generators are local processes: nothing to renew.
 KEEP_CONNECTION_POOL = {"max_requests": sys.maxsize, "max_age": math.inf}
 
 
@@ -143,22 +143,15 @@ def _tune_connection_pool(generator: Any) -> None:
 
     BentoML starts generators with uvicorn's keep-alive of 5 s, and its client keeps idle
     connections for aiohttp's 15 s: a request sent on a connection idle for about 5 s can meet
-    the generator closing it ("Can not write request body", a 503 here; upstream issue #4971).
+    the generator closing it ("Can not write request body", a 503 here; bentoml/BentoML#4971).
     The pool of the client (one for good: `KEEP_CONNECTION_POOL`) drops them sooner.
     """
-    manager = getattr(generator.to_async, "_session_manager", None)  # private: BentoML is pinned
-    if manager is None or getattr(manager, "genserve_tuned", False):
-        return
 
     def with_short_keepalive(session: aiohttp.ClientSession) -> aiohttp.ClientSession:
         session.connector._keepalive_timeout = POOL_KEEPALIVE_S  # aiohttp has no setter
         return session
 
-    if manager._session is not None:
-        with_short_keepalive(manager._session)
-    make_session = manager._make_client
-    manager._make_client = lambda: with_short_keepalive(make_session())
-    manager.genserve_tuned = True
+    bentoml_compat.tune_new_sessions(generator, with_short_keepalive)
 
 
 async def _disconnected_before_done(work: asyncio.Future, request: Request) -> bool:

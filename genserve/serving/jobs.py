@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from _bentoml_impl.tasks import Sqlite3Store  # BentoML's own store, so rows stay in its format
-from _bentoml_impl.tasks.result import ResultStatus
-from bentoml._internal.configuration.containers import BentoMLContainer
-
+from genserve.serving import bentoml_compat
 from genserve.serving.http import error_response
 
 logger = logging.getLogger(__name__)
@@ -24,15 +21,10 @@ ORPHANED = "the server restarted while this job was running; submit it again"
 
 async def fail_orphaned_jobs() -> int:
     """Mark every job still in progress in this process's task store as failed; return how many."""
-    path = BentoMLContainer.result_store_file.get()
-    Sqlite3Store.init_db(path)
-    async with Sqlite3Store(path) as store:
-        cursor = await store._conn.execute(
-            "SELECT task_id FROM result WHERE status = ?", (ResultStatus.IN_PROGRESS.value,)
-        )
-        orphans = [task_id for (task_id,) in await cursor.fetchall()]
+    async with bentoml_compat.task_store() as store:
+        orphans = await bentoml_compat.tasks_in_progress(store)
         for task_id in orphans:
-            await store.set_result(task_id, error_response(503, ORPHANED), ResultStatus.FAILED)
+            await bentoml_compat.fail_task(store, task_id, error_response(503, ORPHANED))
     if orphans:
         logger.warning("marked %d interrupted job(s) as failed", len(orphans))
     return len(orphans)

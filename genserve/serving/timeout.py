@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 
-from bentoml._internal.server.http import traffic
 from starlette.types import Message, Receive, Scope, Send
 
+from genserve.serving import bentoml_compat
 from genserve.serving.http import error_response
 
 
-class RequestTimeout(traffic.TimeoutMiddleware):
+class RequestTimeout(bentoml_compat.TimeoutMiddleware):
     """ASGI middleware: 504 for a request whose response has not started within `timeout` s.
 
     BentoML's class, built the same way (`app`, `timeout`), with its call rewritten.
@@ -57,9 +57,5 @@ class RequestTimeout(traffic.TimeoutMiddleware):
 
 
 def cancel_timers_when_done() -> None:
-    """Make every service's app use `RequestTimeout`.
-
-    BentoML's app factory imports the middleware from its module each time it builds an app
-    (`BaseAppFactory.middlewares`), after service.py is imported, so replacing it there is enough.
-    """
-    traffic.TimeoutMiddleware = RequestTimeout
+    """Make every service's app use `RequestTimeout`."""
+    bentoml_compat.install_timeout_middleware(RequestTimeout)

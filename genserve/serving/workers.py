@@ -28,6 +28,7 @@ from genserve.core.media import encode_image
 from genserve.core.presets import MIN_FRAMES
 from genserve.core.schemas import VideoJob, image_request_model, video_request_model
 from genserve.core.settings import Settings
+from genserve.serving import bentoml_compat
 from genserve.serving.metrics import generated_total, generation_seconds, queue_wait_seconds
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ def label_answers_json(generator: Any) -> None:
     """Say once what a generator's `generate` answers: JSON (pickle between services, labelled
     JSON all the same). BentoML otherwise works the label out from the answer type's JSON
     schema, which it rebuilds for every answer (~1 ms of the generator's event loop each)."""
-    generator.apis["generate"].output_spec.media_type = "application/json"
+    bentoml_compat.set_answer_media_type(generator, "generate", "application/json")
 
 
 class Cancellations:

@@ -1,0 +1,69 @@
+"""BentoML's private names genserve uses (genserve/serving/bentoml_compat.py) still exist, and an
+untested BentoML release is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from functools import reduce
+
+import bentoml as bentoml_package
+import pytest
+from _bentoml_impl.client.proxy2 import SessionManager
+from _bentoml_impl.tasks import Sqlite3Store
+
+from genserve.serving import bentoml_compat
+from genserve.serving.bentoml_compat import (
+    PRIVATE_INSTANCE_ATTRIBUTES,
+    PRIVATE_NAMES,
+    TESTED_BENTOML,
+    check_bentoml_version,
+)
+
+
+@pytest.mark.parametrize(("module", "path"), PRIVATE_NAMES, ids=[f"{m}:{p}" for m, p in PRIVATE_NAMES])
+def test_every_private_name_still_exists(module: str, path: str) -> None:
+    reduce(getattr, path.split("."), importlib.import_module(module))
+
+
+def instances(tmp_path) -> dict[str, object]:
+    """One instance of each class whose instance attributes genserve uses."""
+    import service  # the real service: its generator's API method
+
+    async def batch(inputs):
+        return inputs
+
+    dispatcher = bentoml_compat.CorkDispatcher(10, 4, fallback=lambda: None)
+    dispatcher(batch)  # sets its callback
+    loop = asyncio.new_event_loop()
+    job = bentoml_compat.Job(enqueue_time=0.0, data=None, future=loop.create_future())
+    loop.close()
+    return {
+        "CorkDispatcher": dispatcher,
+        "Optimizer": dispatcher.optimizer,
+        "Job": job,
+        "SessionManager": SessionManager("http://127.0.0.1:9", timeout=1, headers={}),
+        "Sqlite3Store": Sqlite3Store(str(tmp_path / "tasks.db")),
+        "APIMethod": service.ImageGenerator.apis["generate"],
+    }
+
+
+def test_every_private_instance_attribute_still_exists(tmp_path) -> None:
+    built = instances(tmp_path)
+    missing = [
+        f"{cls}.{name}"
+        for cls, names in PRIVATE_INSTANCE_ATTRIBUTES.items()
+        for name in names
+        if not hasattr(built[cls], name)
+    ]
+    assert not missing
+
+
+def test_the_tested_release_starts_and_another_is_refused_unless_allowed(monkeypatch, caplog) -> None:
+    check_bentoml_version(allow_untested=False)  # the installed one is the tested one
+    assert bentoml_package.__version__ in TESTED_BENTOML
+    monkeypatch.setattr(bentoml_package, "__version__", "9.9.9")
+    with pytest.raises(RuntimeError, match="GENSERVE_ALLOW_UNTESTED_BENTOML=1"):
+        check_bentoml_version(allow_untested=False)
+    check_bentoml_version(allow_untested=True)
+    assert "9.9.9" in caplog.text
