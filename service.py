@@ -37,7 +37,7 @@ from genserve.core.schemas import (
     text_to_video_request_model,
     video_request_model,
 )
-from genserve.core.settings import Settings
+from genserve.core.settings import GeneratorSettings, Settings
 from genserve.serving.auth import BearerAuth, KeyRing
 from genserve.serving.batching import batch_greedily
 from genserve.serving.bentoml_compat import check_bentoml_version
@@ -75,15 +75,15 @@ batch_greedily()  # a batch starts whenever a generator is free (genserve/servin
 cancel_timers_when_done()  # BentoML's request timeout kept every request in memory (serving/timeout.py)
 
 # Request schemas with this deployment's presets' defaults and limits (shown in /docs).
-TextToImage = image_request_model(settings.image_preset)
-VideoParameters = video_request_model(settings.video_preset)
+TextToImage = image_request_model(settings.image.preset)
+VideoParameters = video_request_model(settings.video.preset)
 ImageToVideo = create_model(
     "ImageToVideo",
     __base__=VideoParameters,
     __doc__="Image to video: the image file, plus the video parameters as form fields.",
     image=(Path, ...),
 )
-TextToVideo = text_to_video_request_model(settings.image_preset, settings.video_preset)
+TextToVideo = text_to_video_request_model(settings.image.preset, settings.video.preset)
 ImageFile = Annotated[Path, ContentType("image/*")]
 VideoFile = Annotated[Path, ContentType("video/*")]
 
@@ -115,11 +115,11 @@ class Generator:
         self.cancelled.add(request_ids)
 
 
-def generator_service(workers: int, gpus: float) -> dict:
+def generator_service(generator: GeneratorSettings) -> dict:
     """`bentoml.service` arguments of a generator; its queue bound is counted in GenServe."""
     return {
-        "workers": workers,
-        "resources": settings.generator_resources(gpus),
+        "workers": generator.workers,
+        "resources": generator.resources(),
         "traffic": {"timeout": settings.request_timeout_s + TIMEOUT_GRACE_S},
         "runner_connection": KEEP_CONNECTION_POOL,
         # GenServe's access log has a line for every request: the generators' doubled it, and its cost.
@@ -127,40 +127,40 @@ def generator_service(workers: int, gpus: float) -> dict:
     }
 
 
-@bentoml.service(**generator_service(settings.image_workers, settings.image_gpus))
+@bentoml.service(**generator_service(settings.image))
 class ImageGenerator(Generator):
     """Text to image with the image preset's pipeline."""
 
     def __init__(self) -> None:
         super().__init__("image", lambda: warmed_image_pipeline(settings))
 
-    @bentoml.api(**settings.batching(settings.image_max_batch_size, settings.image_max_latency_ms))
+    @bentoml.api(**settings.image.batching())
     async def generate(self, batch: list[Queued[ImageRequest]]) -> list[Outcome]:
         from genserve.core.generation import generate_images  # torch: in the generator processes only
 
-        return await self.run_in_thread(batch, generate_images, settings.image_preset)
+        return await self.run_in_thread(batch, generate_images, settings.image.preset)
 
 
-@bentoml.service(**generator_service(settings.video_workers, settings.video_gpus))
+@bentoml.service(**generator_service(settings.video))
 class VideoGenerator(Generator):
     """Image to video with the video preset's pipeline."""
 
     def __init__(self) -> None:
         super().__init__("video", lambda: warmed_video_pipeline(settings))
 
-    @bentoml.api(**settings.batching(settings.video_max_batch_size, settings.video_max_latency_ms))
+    @bentoml.api(**settings.video.batching())
     async def generate(self, batch: list[Queued[VideoJob]]) -> list[Outcome]:
         from genserve.core.generation import generate_videos
 
-        return await self.run_in_thread(batch, generate_videos, settings.video_preset)
+        return await self.run_in_thread(batch, generate_videos, settings.video.preset)
 
 
 for generator in (ImageGenerator, VideoGenerator):
     label_answers_json(generator)
 
 MODELS_INFO = {
-    "image": {**asdict(settings.image_preset), "source": settings.image_source},
-    "video": {**asdict(settings.video_preset), "source": settings.video_source},
+    "image": {**asdict(settings.image.preset), "source": settings.image.source},
+    "video": {**asdict(settings.video.preset), "source": settings.video.source},
     "image_formats": sorted(IMAGE_FORMATS),
     "video_formats": sorted(VIDEO_FORMATS),
 }
@@ -174,8 +174,8 @@ class GenServe:
 
     images = bentoml.depends(ImageGenerator)
     videos = bentoml.depends(VideoGenerator)
-    image_queue = Admission(settings.image_max_queue)
-    video_queue = Admission(settings.video_max_queue)
+    image_queue = Admission(settings.image.max_queue)
+    video_queue = Admission(settings.video.max_queue)
 
     @bentoml.on_startup
     async def recover_jobs(self) -> None:
@@ -201,7 +201,7 @@ class GenServe:
         """Text to video as a job: submit, poll status, get the video (made at the video's own size)."""
         request = TextToVideo(**fields)
         # A job was promised to its client: when the generators are busy it waits its turn.
-        still = await self._image(request.image_request(settings.video_preset), wait_if_busy=True)
+        still = await self._image(request.image_request(settings.video.preset), wait_if_busy=True)
         if still.status_code != 200:
             return still
         return await self._video(still.body, request.video_request(), wait_if_busy=True)

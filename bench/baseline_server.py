@@ -28,7 +28,7 @@ from genserve.core.settings import Settings
 def serve(port: int) -> None:
     settings = Settings.from_env()
     pipe = load_image_pipeline(settings)
-    request_model = image_request_model(settings.image_preset)
+    request_model = image_request_model(settings.image.preset)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
@@ -40,7 +40,7 @@ def serve(port: int) -> None:
                 return
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             request = request_model(**body)
-            [pixels] = generate_images(pipe, settings.image_preset, [request])
+            [pixels] = generate_images(pipe, settings.image.preset, [request])
             buffer = io.BytesIO()
             Image.fromarray(pixels).save(buffer, format="PNG")
             self._reply(200, {"image": base64.b64encode(buffer.getvalue()).decode(), "seed": request.seed})

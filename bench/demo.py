@@ -72,13 +72,13 @@ def cost_per_image(preset: str, batch: int, repeats: int = 3) -> tuple[float, fl
 
     settings = Settings.from_env({"GENSERVE_IMAGE_PRESET": preset, "GENSERVE_DEVICE": "cpu"})
     pipe = load_image_pipeline(settings)  # with the preset's torch threads
-    request = image_request_model(settings.image_preset)
+    request = image_request_model(settings.image.preset)
     requests = [request(prompt=sample_prompt(np.random.default_rng(i)), seed=i) for i in range(batch)]
-    generate_images(pipe, settings.image_preset, requests)  # warm-up
+    generate_images(pipe, settings.image.preset, requests)  # warm-up
     costs = []
     for _ in range(repeats):
         wall, cpu = time.perf_counter(), time.process_time()
-        generate_images(pipe, settings.image_preset, requests)
+        generate_images(pipe, settings.image.preset, requests)
         costs.append(((time.perf_counter() - wall) / batch, (time.process_time() - cpu) / batch))
     return min(costs)
 

@@ -41,7 +41,7 @@ class InProcess:
         from genserve.core.settings import Settings
 
         settings = Settings.from_env()
-        self.preset = settings.image_preset
+        self.preset = settings.image.preset
         self.pipe = pipe if pipe is not None else load_image_pipeline(settings)
         self.request_model = image_request_model(self.preset)
         self.workload = workload

@@ -66,7 +66,7 @@ def machine(settings: Settings) -> dict[str, str]:
         "run": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "CPU": f"{cpu}, {os.cpu_count()} cores",
         "torch": torch.__version__,
-        "image generator": f"{settings.image_workers} worker(s) of {settings.image_cpu_threads or 'all'} "
+        "image generator": f"{settings.image.workers} worker(s) of {settings.image.cpu_threads or 'all'} "
         "torch thread(s), in process the same threads",
         "BentoML": bentoml.__version__,
         "load average at start": f"{os.getloadavg()[0]:.1f}",
@@ -165,7 +165,7 @@ def measure(plan: Plan, servers: dict[str, Server], results: Results) -> None:
 
 def run(plan: Plan, out: Path) -> Results:
     settings = Settings.from_env()
-    batch, workers = settings.image_max_batch_size, settings.image_workers
+    batch, workers = settings.image.max_batch_size, settings.image.workers
     results = Results(
         machine=machine(settings),
         workload=plan.workload,

@@ -97,9 +97,9 @@ def test_gpu_measurements_run_genserve_generation_on_any_pipeline(image_pipe, vi
     the rare machine with a GPU."""
     from bench.gpu import markdown, measure_image, measure_video
 
-    image_preset = replace(settings.image_preset, default_steps=2, batching=Batching(2, 60_000))
+    image_preset = replace(settings.image.preset, default_steps=2, batching=Batching(2, 60_000))
     video_preset = replace(
-        settings.video_preset, default_frames=2, default_steps=1, batching=Batching(2, 60_000)
+        settings.video.preset, default_frames=2, default_steps=1, batching=Batching(2, 60_000)
     )
     rows = [measure_image(image_pipe, image_preset), measure_video(video_pipe, video_preset)]
     for row in rows:

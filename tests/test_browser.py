@@ -89,7 +89,7 @@ def test_browser_generates_an_image(ui, settings, tmp_path) -> None:
             # The picture the browser shows is the generated file, as the UI served it.
             served = page.request.get(str(httpx.URL(ui).join(image.get_attribute("src"))))
             mime, pixels = read_image(served.body())
-            preset = settings.image_preset
+            preset = settings.image.preset
             assert (mime, pixels.shape) == ("image/png", (preset.default_height, preset.default_width, 3))
         finally:
             browser.close()

@@ -88,7 +88,7 @@ def test_a_generated_image_becomes_a_video(page, settings) -> None:
     video = page.session_state["results"][0]
     assert (video.origin, video.fmt) == ("img2vid", "mp4")
     frames, _ = read_video(video.data, "mp4")
-    assert frames.shape == (3, settings.video_preset.height, settings.video_preset.width, 3)
+    assert frames.shape == (3, settings.video.preset.height, settings.video.preset.width, 3)
     assert page.get("video")
 
 
@@ -109,7 +109,7 @@ def test_text_to_video_job_shows_the_video(page, settings) -> None:
     prefix = "data:image/webp;base64,"
     [shown, *_] = [url for image in page.image for url in image.value if url.startswith(prefix)]
     frames, _ = read_video(base64.b64decode(shown.removeprefix(prefix)), "webp")
-    assert frames.shape == (2, settings.video_preset.height, settings.video_preset.width, 3)
+    assert frames.shape == (2, settings.video.preset.height, settings.video.preset.width, 3)
 
 
 def test_a_refused_value_shows_the_servers_message(page, server) -> None:

@@ -17,12 +17,12 @@ ONE_STEP = 1  # the largest difference batching may make, in 8-bit steps
 
 @pytest.fixture(scope="module")
 def image_request(settings):
-    return image_request_model(settings.image_preset)
+    return image_request_model(settings.image.preset)
 
 
 @pytest.fixture(scope="module")
 def video_request(settings):
-    return video_request_model(settings.video_preset)
+    return video_request_model(settings.video.preset)
 
 
 def max_step_difference(a: np.ndarray, b: np.ndarray) -> int:
@@ -30,7 +30,7 @@ def max_step_difference(a: np.ndarray, b: np.ndarray) -> int:
 
 
 def generate_one(pipe, settings, request) -> np.ndarray:
-    [pixels] = generate_images(pipe, settings.image_preset, [request])
+    [pixels] = generate_images(pipe, settings.image.preset, [request])
     return pixels
 
 
@@ -62,7 +62,7 @@ def test_same_seed_gives_identical_bytes(image_pipe, settings, image_request) ->
 
 def test_batched_matches_alone(image_pipe, settings, image_request) -> None:
     requests = [image_request(prompt=f"a giant robot number {i}", seed=100 + i) for i in range(4)]
-    batched = generate_images(image_pipe, settings.image_preset, requests)
+    batched = generate_images(image_pipe, settings.image.preset, requests)
     for request, pixels in zip(requests, batched, strict=True):
         assert max_step_difference(pixels, generate_one(image_pipe, settings, request)) <= ONE_STEP
 
@@ -76,7 +76,7 @@ def test_mixed_batch_gives_each_request_its_own_output_in_order(image_pipe, sett
         image_request(prompt="a tiny flower", width=64, height=128, seed=5),
         image_request(prompt="a blue ocean", width=64, height=64, seed=6, negative_prompt="blurry"),
     ]
-    results = generate_images(image_pipe, settings.image_preset, requests)
+    results = generate_images(image_pipe, settings.image.preset, requests)
     for request, pixels in zip(requests, results, strict=True):
         assert pixels.shape == (request.height, request.width, 3)
         assert max_step_difference(pixels, generate_one(image_pipe, settings, request)) <= ONE_STEP
@@ -98,7 +98,7 @@ def test_fit_image_crops_to_aspect_without_distortion() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["mp4", "gif", "webp"])
 def test_video_decodes_back_with_requested_frames_and_fps(video_pipe, settings, video_request, fmt) -> None:
-    preset = settings.video_preset
+    preset = settings.video.preset
     request = video_request(num_frames=6, fps=10, num_inference_steps=2, seed=3, output_format=fmt)
     image = encode_image(np.full((80, 100, 3), (200, 40, 40), np.uint8), "png")
     [video] = generate_videos(video_pipe, preset, [VideoJob(image=image, request=request)])
@@ -110,7 +110,7 @@ def test_video_decodes_back_with_requested_frames_and_fps(video_pipe, settings, 
 
 @pytest.mark.slow
 def test_video_batch_matches_alone_and_keeps_order(video_pipe, settings, video_request) -> None:
-    preset = settings.video_preset
+    preset = settings.video.preset
     red = encode_image(np.full((64, 64, 3), (220, 30, 30), np.uint8), "png")
     green = encode_image(np.full((64, 96, 3), (30, 220, 30), np.uint8), "jpeg")
     jobs = [
@@ -127,7 +127,7 @@ def test_video_batch_matches_alone_and_keeps_order(video_pipe, settings, video_r
 
 def test_an_unwanted_group_is_stopped_and_the_others_are_served(image_pipe, settings, image_request) -> None:
     one, two = (image_request(prompt="a cat", seed=1, num_inference_steps=steps) for steps in (1, 2))
-    results = generate_images(image_pipe, settings.image_preset, [one, two], unwanted=lambda i: i == 0)
+    results = generate_images(image_pipe, settings.image.preset, [one, two], unwanted=lambda i: i == 0)
     assert results[0] is None and results[1].shape == (64, 64, 3)
 
 
@@ -140,6 +140,6 @@ def test_a_stopped_group_frees_the_offloaded_models(settings, image_request, mon
     freed = []
     free = pipe.maybe_free_model_hooks
     monkeypatch.setattr(pipe, "maybe_free_model_hooks", lambda: freed.append(True) or free())
-    [result] = generate_images(pipe, settings.image_preset, [image_request(prompt="a cat")], lambda _: True)
+    [result] = generate_images(pipe, settings.image.preset, [image_request(prompt="a cat")], lambda _: True)
     assert result is None and freed == [True]
     assert all(new is not old for new, old in zip(pipe._all_hooks, hooks_before, strict=True))

@@ -91,7 +91,7 @@ def png_pixels(reply) -> np.ndarray:
 
 def test_the_original_request_gets_a_base64_png_and_its_seed(stub, pb, settings) -> None:
     reply = stub.GenerateImage(pb.ImageRequest(prompt="a cat flying through space"), timeout=TIMEOUT)
-    preset = settings.image_preset
+    preset = settings.image.preset
     assert png_pixels(reply).shape == (preset.default_height, preset.default_width, 3)
     request = pb.ImageRequest(prompt="a cat flying through space", seed=reply.seed)
     assert stub.GenerateImage(request, timeout=TIMEOUT).image_data == reply.image_data
@@ -110,7 +110,7 @@ def test_optional_fields_reach_the_service(stub, pb, server) -> None:
 
 @pytest.mark.slow
 def test_generate_video_from_an_image_and_from_a_prompt(stub, pb, settings) -> None:
-    preset = settings.video_preset
+    preset = settings.video.preset
     still = encode_image(np.full((48, 80, 3), (200, 30, 30), np.uint8), "png")
     from_image = pb.VideoRequest(
         image=still, num_frames=3, num_inference_steps=1, seed=2, output_format="gif"

@@ -36,7 +36,7 @@ def decoded(result: openai.types.ImagesResponse) -> list[tuple[str, np.ndarray]]
 
 def test_n_images_are_distinct_at_the_requested_size_and_batched_together(client, server, settings) -> None:
     batches, images = image_work(server)
-    result = client.images.generate(model=settings.image_preset.name, prompt="a red cat", n=2, size="96x64")
+    result = client.images.generate(model=settings.image.preset.name, prompt="a red cat", n=2, size="96x64")
     (first_mime, first), (second_mime, second) = decoded(result)
     assert first_mime == second_mime == "image/png"
     assert first.shape == second.shape == (64, 96, 3)
@@ -48,7 +48,7 @@ def test_n_images_are_distinct_at_the_requested_size_and_batched_together(client
 
 def test_output_format_and_the_preset_default_size(client, settings) -> None:
     result = client.images.generate(prompt="a blue bird", output_format="jpeg", response_format="b64_json")
-    preset = settings.image_preset
+    preset = settings.image.preset
     [(mime, pixels)] = decoded(result)
     assert mime == "image/jpeg"
     assert pixels.shape == (preset.default_height, preset.default_width, 3)

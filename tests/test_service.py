@@ -49,8 +49,8 @@ def test_txt2img_without_seed_reports_the_one_used(server) -> None:
 def test_served_image_equals_in_process_result(server, image_pipe, settings) -> None:
     fields = {"prompt": "a golden dragon", "seed": 11, "num_inference_steps": 4}
     served = read_image(post_image(server, **fields).content)[1]
-    request = image_request_model(settings.image_preset)(**fields)
-    [local] = generate_images(image_pipe, settings.image_preset, [request])
+    request = image_request_model(settings.image.preset)(**fields)
+    [local] = generate_images(image_pipe, settings.image.preset, [request])
     assert np.abs(served.astype(int) - local.astype(int)).max() <= 1
 
 
@@ -87,7 +87,7 @@ def test_img2vid_returns_a_video_with_the_requested_frames(server, settings, fmt
     assert response.status_code == 200, response.text
     assert response.headers["x-seed"] == "9"
     frames, fps = read_video(response.content, fmt)
-    preset = settings.video_preset
+    preset = settings.video.preset
     assert frames.shape == (5, preset.height, preset.width, 3)
     assert fps == pytest.approx(10, abs=0.1)
 
@@ -116,7 +116,7 @@ def test_txt2vid_job_round_trip(server, settings) -> None:
     assert result.headers["content-type"] == "image/gif"
     assert result.headers["x-seed"] == "4"
     frames, _ = read_video(result.content, "gif")
-    assert frames.shape == (3, settings.video_preset.height, settings.video_preset.width, 3)
+    assert frames.shape == (3, settings.video.preset.height, settings.video.preset.width, 3)
 
 
 def test_bentoml_sync_client_generates_image_and_video(server, tmp_path) -> None:
@@ -147,9 +147,9 @@ def test_bentoml_async_client_runs_the_txt2vid_task(server) -> None:
 
 def test_models_lists_presets_with_defaults_and_limits(server, settings) -> None:
     info = httpx.get(f"{server}/models").json()
-    assert info["image"]["name"] == settings.image_preset.name
-    assert info["image"]["max_width"] == settings.image_preset.max_width
-    assert info["video"]["max_frames"] == settings.video_preset.max_frames
+    assert info["image"]["name"] == settings.image.preset.name
+    assert info["image"]["max_width"] == settings.image.preset.max_width
+    assert info["video"]["max_frames"] == settings.video.preset.max_frames
     assert info["video_formats"] == ["gif", "mp4", "webp"]
     assert httpx.post(f"{server}/models").status_code == 405
 

@@ -11,10 +11,10 @@ from genserve.core.settings import Settings
 
 def test_defaults_are_the_demo_image_and_tiny_video_presets_from_the_model_store() -> None:
     settings = Settings.from_env({})
-    assert (settings.image_preset.name, settings.video_preset.name) == ("demo", "tiny")
-    assert settings.image_source == "bentoml:genserve-image-demo"
-    assert settings.video_source == "bentoml:genserve-video-tiny"
-    assert settings.image_max_batch_size == IMAGE_PRESETS["demo"].batching.max_batch_size
+    assert (settings.image.preset.name, settings.video.preset.name) == ("demo", "tiny")
+    assert settings.image.source == "bentoml:genserve-image-demo"
+    assert settings.video.source == "bentoml:genserve-video-tiny"
+    assert settings.image.max_batch_size == IMAGE_PRESETS["demo"].batching.max_batch_size
 
 
 def test_environment_chooses_presets_sources_and_batching() -> None:
@@ -28,12 +28,12 @@ def test_environment_chooses_presets_sources_and_batching() -> None:
             "GENSERVE_VIDEO_MAX_BATCH_SIZE": "3",
         }
     )
-    assert settings.image_preset is IMAGE_PRESETS["sd35-large"]
-    assert settings.image_source == "/models/sd35"
-    assert settings.video_source == VIDEO_PRESETS["svd-xt"].source
+    assert settings.image.preset is IMAGE_PRESETS["sd35-large"]
+    assert settings.image.source == "/models/sd35"
+    assert settings.video.source == VIDEO_PRESETS["svd-xt"].source
     assert settings.device == "cuda" and settings.cpu_offload
-    assert settings.video_max_batch_size == 3
-    assert settings.video_max_latency_ms == VIDEO_PRESETS["svd-xt"].batching.max_latency_ms
+    assert settings.video.max_batch_size == 3
+    assert settings.video.max_latency_ms == VIDEO_PRESETS["svd-xt"].batching.max_latency_ms
 
 
 @pytest.mark.parametrize(
@@ -53,30 +53,35 @@ def test_bad_settings_fail_naming_the_variable(name: str, value: str, message: s
 
 
 def test_batch_size_one_turns_batching_off() -> None:
-    assert Settings.batching(1, 100) == {"batchable": False}
-    assert Settings.batching(8, 100) == {"batchable": True, "max_batch_size": 8, "max_latency_ms": 100}
+    one = Settings.from_env({"GENSERVE_VIDEO_MAX_BATCH_SIZE": "1"})
+    eight = Settings.from_env({"GENSERVE_IMAGE_MAX_BATCH_SIZE": "8", "GENSERVE_IMAGE_MAX_LATENCY_MS": "100"})
+    assert one.video.batching() == {"batchable": False}
+    assert eight.image.batching() == {"batchable": True, "max_batch_size": 8, "max_latency_ms": 100}
 
 
-@pytest.mark.parametrize(("gpus", "resources"), [(0, {"cpu": "1"}), (1, {"gpu": 1}), (0.5, {"gpu": 0.5})])
-def test_generator_resources(gpus: float, resources: dict) -> None:
-    assert Settings.from_env({}).generator_resources(gpus) == resources
+@pytest.mark.parametrize(
+    ("gpus", "resources"), [("0", {"cpu": "1"}), ("1", {"gpu": 1}), ("0.5", {"gpu": 0.5})]
+)
+def test_generator_resources(gpus: str, resources: dict) -> None:
+    settings = Settings.from_env({"GENSERVE_IMAGE_GPUS": gpus, "GENSERVE_VIDEO_GPUS": gpus})
+    assert settings.image.resources() == settings.video.resources() == resources
 
 
 def test_worker_layout_and_cpu_threads() -> None:
     """One worker per generator by default; the tiny presets run one torch thread per worker."""
     defaults = Settings.from_env(TINY)
-    assert (defaults.image_workers, defaults.video_workers) == (1, 1)
-    assert defaults.image_cpu_threads == defaults.video_cpu_threads == 1
+    assert (defaults.image.workers, defaults.video.workers) == (1, 1)
+    assert defaults.image.cpu_threads == defaults.video.cpu_threads == 1
     assert defaults.vae_slicing is None  # decided by the device: on for GPUs
     large = Settings.from_env({"GENSERVE_IMAGE_PRESET": "sd35-large"})
-    assert large.image_cpu_threads == 0  # torch's default: every core
+    assert large.image.cpu_threads == 0  # torch's default: every core
     tuned = Settings.from_env(
         {"GENSERVE_IMAGE_WORKERS": "2", "GENSERVE_CPU_THREADS": "3", "GENSERVE_VAE_SLICING": "on"}
     )
-    assert (tuned.image_workers, tuned.video_workers) == (2, 1)
-    assert tuned.image_cpu_threads == tuned.video_cpu_threads == 3
+    assert (tuned.image.workers, tuned.video.workers) == (2, 1)
+    assert tuned.image.cpu_threads == tuned.video.cpu_threads == 3
     assert tuned.vae_slicing is True
     every_core = Settings.from_env({**TINY, "GENSERVE_CPU_THREADS": "0"})  # tiny on torch's default
-    assert every_core.image_cpu_threads == every_core.video_cpu_threads == 0
+    assert every_core.image.cpu_threads == every_core.video.cpu_threads == 0
     with pytest.raises(ValueError, match="GENSERVE_CPU_THREADS"):
         Settings.from_env({"GENSERVE_CPU_THREADS": "-1"})

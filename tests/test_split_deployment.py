@@ -48,8 +48,8 @@ def test_gateway_and_generators_as_separate_processes(settings, tmp_path: Path) 
     manifests = {role: deployment(name) for role, name in MANIFESTS.items()}
     ports = {manifest["metadata"]["name"]: free_port() for manifest in manifests.values()}
     models = {
-        "GENSERVE_IMAGE_MODEL": resolve_source(settings.image_source),
-        "GENSERVE_VIDEO_MODEL": resolve_source(settings.video_source),
+        "GENSERVE_IMAGE_MODEL": resolve_source(settings.image.source),
+        "GENSERVE_VIDEO_MODEL": resolve_source(settings.video.source),
     }
     processes: dict[str, subprocess.Popen] = {}
     urls = {}
@@ -70,7 +70,7 @@ def test_gateway_and_generators_as_separate_processes(settings, tmp_path: Path) 
         image = httpx.post(f"{gateway}/txt2img", json={"prompt": "a red cat", "seed": 3}, timeout=TIMEOUT)
         assert image.status_code == 200, image.text
         mime, pixels = read_image(image.content)
-        preset = settings.image_preset
+        preset = settings.image.preset
         assert (mime, pixels.shape) == ("image/png", (preset.default_height, preset.default_width, 3))
 
         form = {"num_frames": "4", "seed": "3", "output_format": "mp4"}
@@ -78,7 +78,7 @@ def test_gateway_and_generators_as_separate_processes(settings, tmp_path: Path) 
         video = httpx.post(f"{gateway}/img2vid", data=form, files=files, timeout=TIMEOUT)
         assert video.status_code == 200, video.text
         frames, _ = read_video(video.content, "mp4")
-        assert frames.shape == (4, settings.video_preset.height, settings.video_preset.width, 3)
+        assert frames.shape == (4, settings.video.preset.height, settings.video.preset.width, 3)
 
         # Each generator did its own kind of work; the gateway generated nothing itself.
         counts = {

@@ -123,7 +123,7 @@ def test_out_of_memory_batch_with_a_real_pipeline_matches_requests_made_alone(
     image_pipe, settings, cancellations
 ) -> None:
     """The injected fault: the real tiny pipeline 'runs out of GPU memory' on any batch of two or more."""
-    preset = settings.image_preset
+    preset = settings.image.preset
     requests = [image_request_model(preset)(prompt=f"a robot {i}", seed=i) for i in range(3)]
 
     def generate(items, unwanted):
@@ -140,7 +140,7 @@ def test_out_of_memory_batch_with_a_real_pipeline_matches_requests_made_alone(
 
 def test_pipeline_call_is_abandoned_between_steps(image_pipe, settings, cancellations) -> None:
     """Cancelling mid-call stops a real pipeline at the next step instead of finishing it."""
-    request = image_request_model(settings.image_preset)(prompt="a cat", num_inference_steps=40, seed=1)
+    request = image_request_model(settings.image.preset)(prompt="a cat", num_inference_steps=40, seed=1)
     cancelled = cancellations
     batch = [queued(request)]
     steps = 0
@@ -153,7 +153,7 @@ def test_pipeline_call_is_abandoned_between_steps(image_pipe, settings, cancella
                 cancelled.add([batch[0].request_id])
             return unwanted(index)
 
-        return generate_images(image_pipe, settings.image_preset, items, counting)
+        return generate_images(image_pipe, settings.image.preset, items, counting)
 
     [outcome] = run_batch("image", batch, generate, cancelled)
     assert outcome.status == 499 and outcome.value is None

@@ -47,7 +47,7 @@ def pick_device(settings: Settings) -> torch.device:
     """CUDA when asked for or available ("auto"), the CPU otherwise."""
     if settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
-    if not (settings.image_preset.embedded and settings.video_preset.embedded):
+    if not (settings.image.preset.embedded and settings.video.preset.embedded):
         # Typically two generators with a whole GPU each on a one-GPU host: BentoML hands the
         # second one CUDA_VISIBLE_DEVICES=1. Set GENSERVE_IMAGE_GPUS/VIDEO_GPUS=0.5 there.
         logger.warning("no CUDA device visible: running a full-size preset on the CPU will be very slow")
@@ -102,11 +102,11 @@ def load_image_pipeline(settings: Settings) -> StableDiffusion3Pipeline:
     """
     device = pick_device(settings)
     if device.type == "cpu":
-        tune_for_cpu(settings.image_cpu_threads)
-    source = resolve_source(settings.image_source)
-    logger.info("loading image pipeline %s from %s on %s", settings.image_preset.name, source, device)
+        tune_for_cpu(settings.image.cpu_threads)
+    source = resolve_source(settings.image.source)
+    logger.info("loading image pipeline %s from %s on %s", settings.image.preset.name, source, device)
     pipe = StableDiffusion3Pipeline.from_pretrained(
-        source, dtype=_dtype(device, settings.image_preset.cuda_dtype)
+        source, dtype=_dtype(device, settings.image.preset.cuda_dtype)
     )
     if settings.vae_slicing or (settings.vae_slicing is None and device.type == "cuda"):
         pipe.vae.enable_slicing()
@@ -123,9 +123,9 @@ def load_video_pipeline(settings: Settings) -> StableVideoDiffusionPipeline:
     """
     device = pick_device(settings)
     if device.type == "cpu":
-        tune_for_cpu(settings.video_cpu_threads)
-    preset = settings.video_preset
-    source = resolve_source(settings.video_source)
+        tune_for_cpu(settings.video.cpu_threads)
+    preset = settings.video.preset
+    source = resolve_source(settings.video.source)
     logger.info("loading video pipeline %s from %s on %s", preset.name, source, device)
     pipe = StableVideoDiffusionPipeline.from_pretrained(
         source, dtype=_dtype(device, preset.cuda_dtype), variant=preset.variant

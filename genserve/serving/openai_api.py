@@ -125,7 +125,7 @@ class ImagesAPI:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.request_model = image_request_model(settings.image_preset)
+        self.request_model = image_request_model(settings.image.preset)
 
     def app(self) -> Starlette:
         return Starlette(
@@ -145,7 +145,7 @@ class ImagesAPI:
             params = GenerationRequest.model_validate_json(await request.body())
         except ValidationError as error:
             return invalid_request(error)
-        preset = self.settings.image_preset.name
+        preset = self.settings.image.preset.name
         if params.model not in (None, preset):
             message = f"Invalid value: '{params.model}'. Supported values are: '{preset}'."
             return openai_error(400, message, "model", "invalid_value")
@@ -159,7 +159,7 @@ class ImagesAPI:
                 f"Invalid value for 'size': '{params.size}'; use 'WIDTHxHEIGHT' (e.g. '64x64') or 'auto'."
             )
             return openai_error(400, message, "size", "invalid_value")
-        n, queue = params.n or 1, self.settings.image_max_queue
+        n, queue = params.n or 1, self.settings.image.max_queue
         if n > queue:  # never admitted: a 429 would ask to retry for ever
             message = f"Invalid value for 'n': at most {queue} on this server."
             return openai_error(400, message, "n", "invalid_value")

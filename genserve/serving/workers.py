@@ -219,8 +219,8 @@ def warmed_image_pipeline(settings: Settings) -> StableDiffusion3Pipeline:
     from genserve.core.loading import load_image_pipeline
 
     pipe = load_image_pipeline(settings)
-    warmup = image_request_model(settings.image_preset)(prompt="warm-up", num_inference_steps=1, seed=0)
-    generate_images(pipe, settings.image_preset, [warmup])
+    warmup = image_request_model(settings.image.preset)(prompt="warm-up", num_inference_steps=1, seed=0)
+    generate_images(pipe, settings.image.preset, [warmup])
     return pipe
 
 
@@ -230,7 +230,7 @@ def warmed_video_pipeline(settings: Settings) -> StableVideoDiffusionPipeline:
     from genserve.core.loading import load_video_pipeline
 
     pipe = load_video_pipeline(settings)
-    preset = settings.video_preset
+    preset = settings.video.preset
     blank = encode_image(np.zeros((preset.height, preset.width, 3), np.uint8), "png")
     request = video_request_model(preset)(num_frames=MIN_FRAMES, num_inference_steps=1, seed=0)
     generate_videos(pipe, preset, [VideoJob(image=blank, request=request)])
