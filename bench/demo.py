@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import io
 import os
-import re
 import subprocess
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from PIL import Image
 
 from bench.servers import ROOT, start
 from genserve.core.shapes import Reading, parse, read_picture, sample_prompt
-from genserve.serving.processes import demo_import_command, serve_command, tiny_import_command
+from genserve.serving.processes import batch_sizes, demo_import_command, serve_command, tiny_import_command
 
 TIMEOUT = 600
 PARTS = ("colour", "background", "shape", "place", "size")
@@ -51,14 +50,7 @@ def pictures_for(url: str, prompts: list[str], together: int) -> list[np.ndarray
 
 def mean_batch_size(url: str) -> float:
     """Requests per batch the image generator has run, from BentoML's adaptive-batching histogram."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    totals = {}
-    for kind in ("sum", "count"):
-        pattern = (
-            rf"^bentoml_service_adaptive_batch_size_{kind}"
-            rf'{{[^}}]*runner_name="ImageGenerator"[^}}]*}} (\S+)$'
-        )
-        totals[kind] = sum(float(value) for value in re.findall(pattern, text, re.MULTILINE))
+    totals = batch_sizes(url)
     return totals["sum"] / max(totals["count"], 1)
 
 

@@ -1,34 +1,18 @@
-"""Shared fixtures: the tiny models are built once per test session, in a private model store."""
+"""Shared fixtures: the tiny models are built once per test session, in a private model store.
+Helpers the tests import are in helpers.py."""
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
+from helpers import ENV_KEYS, FILE_KEY, ROOT, TINY, running_server
 
-from genserve.serving.processes import (
-    demo_import_command,
-    free_port,
-    log_tail,
-    private_bentoml_home,
-    serve_command,
-    start_process,
-    tiny_import_command,
-    wait_until_ready,
-)
-
-# Tests import free_port, stop, wait_ready and descendants from here.
-from genserve.serving.processes import descendants as descendants
-from genserve.serving.processes import stop_process_tree as stop
-
-ROOT = Path(__file__).resolve().parent.parent
+from genserve.serving.processes import demo_import_command, tiny_import_command
 
 # A private BentoML home, set before anything imports bentoml, so tests never touch the
 # user's model store and always start from a fresh one.
@@ -38,8 +22,6 @@ os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="genserve-test-bentoml-")
 # except for the presets: the tiny one, whose speed the suite needs; tests of the demo ask for it.
 for name in [name for name in os.environ if name.startswith("GENSERVE_")]:
     del os.environ[name]
-TINY = {"GENSERVE_IMAGE_PRESET": "tiny", "GENSERVE_VIDEO_PRESET": "tiny"}
-DEMO = {"GENSERVE_IMAGE_PRESET": "demo", "GENSERVE_VIDEO_PRESET": "tiny"}  # no demo video model yet
 os.environ.update(TINY)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -77,36 +59,11 @@ def video_pipe(settings):
     return load_video_pipeline(settings)
 
 
-def wait_ready(url: str, process: subprocess.Popen, timeout: float = 180) -> None:
-    """Poll /readyz until 200; fail early if the server process died."""
-    wait_until_ready(url, process.poll, timeout_s=timeout, poll_s=0.5)
-
-
-@contextmanager
-def running_server(log_dir: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen]]:
-    """A real `bentoml serve service.py` on a free port with extra environment; yields (URL, process)."""
-    env = {"BENTOML_HOME": str(private_bentoml_home(log_dir)), **env}
-    port = free_port()
-    log = log_dir / f"serve-{port}.log"
-    process = start_process(serve_command(port), log, ROOT, env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, process)
-        yield url, process
-    finally:
-        stop(process)
-        print(f"--- the end of {log} ---\n{log_tail(log)}")  # shown on failure
-
-
 @pytest.fixture(scope="session")
 def server(tiny_models, tmp_path_factory) -> Iterator[str]:
     """The shared served API on the tiny preset, default settings; yields its URL."""
     with running_server(tmp_path_factory.mktemp("server")) as (url, _):
         yield url
-
-
-ENV_KEYS = ("env-key-one", "env-key-two")
-FILE_KEY = "file-key-three"
 
 
 @pytest.fixture(scope="session")
@@ -119,27 +76,3 @@ def keyed(tiny_models, tmp_path_factory) -> Iterator[tuple[str, Path, Path]]:
     env = {"GENSERVE_API_KEYS": ",".join(ENV_KEYS), "GENSERVE_API_KEYS_FILE": str(key_file)}
     with running_server(directory, **env) as (url, _):
         yield url, key_file, directory
-
-
-def genserve_metric(url: str, name: str, kind: str = "image") -> float:
-    """One of genserve's own metrics (`genserve_generated_total`, `..._seconds_count`...) for a kind
-    of work, summed over the processes behind `url`'s /metrics; 0 before any was recorded."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    return sum(float(value) for value in re.findall(rf'^{name}{{kind="{kind}"}} (\S+)$', text, re.MULTILINE))
-
-
-def batch_sizes(url: str) -> dict[str, float]:
-    """Count and sum of the image generator's adaptive batch-size histogram."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    totals = {"count": 0.0, "sum": 0.0}
-    for kind in totals:
-        pattern = (
-            rf'^bentoml_service_adaptive_batch_size_{kind}{{[^}}]*runner_name="ImageGenerator"[^}}]*}} (\S+)$'
-        )
-        totals[kind] = sum(float(value) for value in re.findall(pattern, text, re.MULTILINE))
-    return totals
-
-
-def job_status(url: str, task_id: str) -> str:
-    """A text-to-video job's status."""
-    return httpx.get(f"{url}/txt2vid/status", params={"task_id": task_id}, timeout=10).json()["status"]

@@ -2,7 +2,7 @@
 the API is and its key, how long to try, how to read its errors, wait for a job, and take a file.
 
 Clients import nothing heavier than this floor and `genserve.core`'s pure modules (protocol,
-presets, schemas, shapes): no torch, diffusers or imageio (tests/test_clients.py checks it).
+presets, schemas, shapes): no torch, diffusers or imageio (tests/unit/test_clients.py checks it).
 """
 
 from __future__ import annotations

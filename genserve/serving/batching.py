@@ -19,7 +19,7 @@ two things that leave a generator idle while requests wait:
   next batch start, then answers.
 
 No BentoML setting does either; the dispatcher is BentoML's private code (reached through
-serving/bentoml_compat.py), and tests/test_batching.py checks it still behaves as this module expects.
+serving/bentoml_compat.py), and tests/service/test_batching.py checks it still behaves as this module expects.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ The names it touches are BentoML's to change, so:
 - the rest of genserve reaches them only through this module;
 - `check_bentoml_version` refuses to start on a BentoML genserve was not tested with
   (GENSERVE_ALLOW_UNTESTED_BENTOML=1 starts anyway, at the operator's risk);
-- tests/test_bentoml_compat.py checks that every name in `PRIVATE_NAMES` still exists.
+- tests/unit/test_bentoml_compat.py checks that every name in `PRIVATE_NAMES` still exists.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -141,3 +142,14 @@ def stop_process_tree(process: subprocess.Popen, grace_s: float = 30) -> None:
     for child in below:
         with contextlib.suppress(psutil.NoSuchProcess):  # also where its pid now names another process
             child.kill()
+
+
+def batch_sizes(url: str, generator: str = "ImageGenerator") -> dict[str, float]:
+    """Count and sum of a generator's adaptive batch-size histogram, read from `url`'s /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    totals = {"count": 0.0, "sum": 0.0}
+    for kind in totals:
+        labels = rf'{{[^}}]*runner_name="{generator}"[^}}]*}}'
+        pattern = rf"^bentoml_service_adaptive_batch_size_{kind}{labels} (\S+)$"
+        totals[kind] = sum(float(value) for value in re.findall(pattern, text, re.MULTILINE))
+    return totals

@@ -1,5 +1,5 @@
 """Import every client (the CLI, the gRPC gateway, the web UI's page) with torch, diffusers,
-transformers and imageio_ffmpeg unimportable, as in the UI's image: run by tests/test_clients.py.
+transformers and imageio_ffmpeg unimportable, as in the UI's image: run by tests/unit/test_clients.py.
 
     python tests/scripts/clients_without_torch.py UI_APP_PATH
 """

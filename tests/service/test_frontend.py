@@ -11,8 +11,8 @@ from types import ModuleType
 import httpx
 import pytest
 from bentoml.exceptions import BentoMLException
-from conftest import ROOT, free_port
 from decoding import read_image, read_video
+from helpers import ROOT, free_port
 from streamlit.testing.v1 import AppTest
 
 APP = ROOT / "frontend" / "app.py"

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT
+from helpers import ROOT
 
 COMMAND = [sys.executable, str(ROOT / "models" / "import_models.py")]
 

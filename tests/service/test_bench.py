@@ -11,8 +11,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import ROOT
 from decoding import read_image
+from helpers import ROOT
 
 from genserve.core.presets import Batching
 

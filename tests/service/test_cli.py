@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import free_port
 from decoding import read_video
+from helpers import free_port
 from PIL import Image
 
 SAVED = re.compile(r"saved (?P<path>.+) \(seed (?P<seed>\d+)\)")

@@ -4,13 +4,11 @@ and the next batch starts before the last one is answered."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 
 import pytest
 from _bentoml_impl.server import app as service_app
 from bentoml._internal.marshal import dispatcher
-from conftest import ROOT
+from helpers import run_script
 
 from genserve.serving.batching import GreedyDispatcher, GreedyOptimizer, batch_greedily
 
@@ -147,19 +145,9 @@ def test_batch_greedily_patches_an_app_imported_before(monkeypatch: pytest.Monke
 
 
 # A worker's order, in a process of its own: service.py first, BentoML's service app after.
-WORKER_IMPORTS = """
-import sys
-import service
-assert "_bentoml_impl.server.app" not in sys.modules, "service.py imported the app"
-from _bentoml_impl.server import app
-from genserve.serving.batching import GreedyDispatcher
-print(app.CorkDispatcher is GreedyDispatcher)
-"""
 
 
 def test_a_worker_s_service_app_uses_the_greedy_dispatcher() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", WORKER_IMPORTS], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    result = run_script("worker_dispatcher.py")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[-1] == "True"

@@ -9,8 +9,8 @@ import bentoml
 import httpx
 import numpy as np
 import pytest
-from conftest import batch_sizes, job_status
 from decoding import read_image, read_video
+from helpers import batch_sizes, job_status
 
 from genserve.core.generation import generate_images
 from genserve.core.media import encode_image

@@ -6,8 +6,8 @@ import bentoml
 import httpx
 import pytest
 from bentoml.exceptions import BentoMLException
-from conftest import ENV_KEYS, FILE_KEY
 from decoding import read_image
+from helpers import ENV_KEYS, FILE_KEY
 
 from genserve.serving.auth import KeyRing
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import ROOT
 from decoding import read_image
+from helpers import ROOT
 
 MIB = 1024 * 1024
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
 from diffusers import StableDiffusion3Pipeline
+from helpers import ROOT
 
 from genserve.core.demo import MAX_TOKENS, SIDE, build_demo_image_pipeline
 from genserve.core.shapes import WORDS

@@ -7,11 +7,9 @@ import asyncio
 import contextvars
 import gc
 import json
-import subprocess
-import sys
 import weakref
 
-from conftest import ROOT
+from helpers import run_script
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from genserve.serving.http import CatchErrors
@@ -143,18 +141,9 @@ def test_a_failing_middleware_is_answered_at_once_with_a_json_500() -> None:
 
 # A worker's order, in a process of its own: service.py first, then BentoML builds the app's
 # middlewares (`BaseAppFactory.middlewares`, read here with the one attribute it needs set).
-WORKER_MIDDLEWARES = """
-from types import SimpleNamespace
-import service
-from bentoml._internal.server.base_app import BaseAppFactory
-factory = SimpleNamespace(timeout=930, max_concurrency=None)
-print([m.cls.__name__ for m in BaseAppFactory.middlewares.fget(factory)])
-"""
 
 
 def test_a_worker_s_apps_use_the_request_timeout() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", WORKER_MIDDLEWARES], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    result = run_script("worker_middlewares.py")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[-1] == "['RequestTimeout']"

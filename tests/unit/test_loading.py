@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
+from helpers import TINY
 
 from genserve.core.loading import load_image_pipeline, pick_device, resolve_source
 from genserve.core.settings import Settings

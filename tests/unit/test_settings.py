@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import TINY
+from helpers import TINY
 
 from genserve.core.presets import IMAGE_PRESETS, VIDEO_PRESETS
 from genserve.core.settings import Settings

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import genserve_metric, job_status, running_server, wait_ready
+from helpers import genserve_metric, job_status, running_server, wait_ready
 
 from genserve.core.media import encode_image
 from genserve.serving.processes import descendants

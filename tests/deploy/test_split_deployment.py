@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import ROOT, free_port, genserve_metric, stop, wait_ready
 from decoding import read_image, read_video
+from helpers import ROOT, free_port, genserve_metric, stop, wait_ready
 
 from genserve.core.loading import resolve_source
 from genserve.serving.processes import start_process

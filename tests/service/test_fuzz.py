@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 import schemathesis
-from conftest import job_status
+from helpers import job_status
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error

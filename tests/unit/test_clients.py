@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, free_port
+from helpers import ROOT, free_port
 
 from genserve.clients.api import JobTimeout, wait_for_job
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import bentoml
 import pytest
 import yaml
-from conftest import ROOT
+from helpers import ROOT
 
 from genserve.core.presets import store_tag
 from genserve.core.settings import DEFAULT_TIMEOUT_S

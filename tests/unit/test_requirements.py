@@ -10,7 +10,7 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 REQUIREMENTS = ROOT / "requirements"
 #: What the served code may import: the runtime pins (the bento's and the image's).
@@ -30,6 +30,7 @@ EVERYTHING = [
 ]
 LOCAL = {
     "genserve",
+    "helpers",
     "service",
     "bench",
     "conftest",

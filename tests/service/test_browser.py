@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, free_port, stop
 from decoding import read_image
+from helpers import ROOT, free_port, stop
 
 from genserve.serving.processes import start_process, wait_until_ready
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -13,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from bentoml.exceptions import ServiceUnavailable
-from conftest import ROOT
+from helpers import run_script
 
 from genserve.core.generation import generate_images
 from genserve.core.schemas import image_request_model
@@ -161,23 +159,10 @@ def test_pipeline_call_is_abandoned_between_steps(image_pipe, settings, cancella
 
 
 # Run in a process of its own: importing service.py sets BentoML's global configuration.
-CHECK_LABELS = """
-import service
-
-for generator in (service.ImageGenerator, service.VideoGenerator):
-    spec = generator.apis["generate"].output_spec
-
-    class Unlabelled(spec):
-        media_type = None
-
-    print(generator.name, spec.media_type, Unlabelled.mime_type())
-"""
 
 
 def test_generators_label_their_answers_as_bentoml_would() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", CHECK_LABELS], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    result = run_script("answer_labels.py")
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line.split() for line in result.stdout.splitlines()[-2:]]
     assert [name for name, _, _ in lines] == ["ImageGenerator", "VideoGenerator"]

@@ -16,12 +16,12 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from conftest import ENV_KEYS, ROOT
 from decoding import read_image, read_video
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import FieldDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from helpers import ENV_KEYS, ROOT
 
 from genserve.clients.grpc_gateway import DEFAULT_MAX_MESSAGE_MB, MIB, grpc_error, load_contract
 from genserve.core.media import encode_image

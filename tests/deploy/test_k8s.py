@@ -14,7 +14,7 @@ from pathlib import PurePosixPath
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import ROOT
+from helpers import ROOT
 
 from genserve.core.settings import Settings
 

@@ -8,8 +8,8 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from conftest import ENV_KEYS, genserve_metric, running_server
 from decoding import read_image
+from helpers import ENV_KEYS, genserve_metric, running_server
 
 TIMEOUT = 120
 

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import DEMO, batch_sizes, running_server
 from decoding import read_image
+from helpers import DEMO, batch_sizes, running_server
 
 from genserve.core.shapes import parse, read_picture
 

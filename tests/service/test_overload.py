@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import descendants, genserve_metric, running_server
+from helpers import descendants, genserve_metric, running_server
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,77 @@
+"""What the tests share besides fixtures (those are in conftest.py): paths, the presets' environments,
+a served API's start and metrics."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from genserve.serving.processes import (
+    batch_sizes,
+    descendants,
+    free_port,
+    log_tail,
+    private_bentoml_home,
+    serve_command,
+    start_process,
+    wait_until_ready,
+)
+from genserve.serving.processes import stop_process_tree as stop
+
+__all__ = ["batch_sizes", "descendants", "free_port", "stop"]  # re-exported for the tests
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = {"GENSERVE_IMAGE_PRESET": "tiny", "GENSERVE_VIDEO_PRESET": "tiny"}
+DEMO = {"GENSERVE_IMAGE_PRESET": "demo", "GENSERVE_VIDEO_PRESET": "tiny"}  # no demo video model yet
+ENV_KEYS = ("env-key-one", "env-key-two")
+FILE_KEY = "file-key-three"
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float = 180) -> None:
+    """Poll /readyz until 200; fail early if the server process died."""
+    wait_until_ready(url, process.poll, timeout_s=timeout, poll_s=0.5)
+
+
+@contextmanager
+def running_server(log_dir: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A real `bentoml serve service.py` on a free port with extra environment; yields (URL, process)."""
+    env = {"BENTOML_HOME": str(private_bentoml_home(log_dir)), **env}
+    port = free_port()
+    log = log_dir / f"serve-{port}.log"
+    process = start_process(serve_command(port), log, ROOT, env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process)
+        yield url, process
+    finally:
+        stop(process)
+        print(f"--- the end of {log} ---\n{log_tail(log)}")  # shown on failure
+
+
+def genserve_metric(url: str, name: str, kind: str = "image") -> float:
+    """One of genserve's own metrics (`genserve_generated_total`, `..._seconds_count`...) for a kind
+    of work, summed over the processes behind `url`'s /metrics; 0 before any was recorded."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(float(value) for value in re.findall(rf'^{name}{{kind="{kind}"}} (\S+)$', text, re.MULTILINE))
+
+
+def job_status(url: str, task_id: str) -> str:
+    """A text-to-video job's status."""
+    return httpx.get(f"{url}/txt2vid/status", params={"task_id": task_id}, timeout=10).json()["status"]
+
+
+def run_script(name: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run tests/scripts/`name` in a fresh Python (what a new worker process imports), from the
+    repository root, with service.py importable; its output is captured."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    script = ROOT / "tests" / "scripts" / name
+    return subprocess.run(
+        [sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
