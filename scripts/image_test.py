@@ -8,7 +8,9 @@ docker-compose.yml does (non-root, read-only root filesystem, /tmp a tmpfs, /cac
 with an init as PID 1, waits for /readyz, makes an image and a video through the published port
 and decodes them, starts the gRPC gateway in it as k8s/base/grpc-gateway.yaml does (same image,
 working directory and command) and makes an image through that too, stops it with SIGTERM,
-checks that it exited cleanly within the grace period, and removes all it made.
+builds the web UI's image (frontend/Dockerfile, on the same base) and runs it beside the API:
+its health check answers and its own client makes an image, checks that the API exited cleanly
+within the grace period, and removes all it made.
 
 Needs root, podman and mmdebstrap (CI installs them with apt-get). Environment:
   BASE_IMAGE     use this base instead of making one (it is then kept)
@@ -53,6 +55,7 @@ GATEWAY_MANIFEST = ROOT / "k8s" / "base" / "grpc-gateway.yaml"
 # Nothing is in flight when it is stopped, so a clean stop takes seconds; a process that ignores
 # SIGTERM is killed at the end of this grace period and exits with 137.
 STOP_GRACE_S = 30
+UI_PORT = 8501  # frontend/Dockerfile's
 # Podman settings this host needs (containers/containers.conf says why), unless CONTAINERS_CONF
 # names others. No intermediate images: one commit, and nothing to clean up but the result.
 PODMAN_ENV = {
@@ -143,11 +146,11 @@ def containerize(work: Path, env: dict[str, str], bento: str, base: str, image: 
 
 
 def start(image: str, name: str) -> str:
-    """Run it as docker-compose.yml does, port 3000 (and the gRPC gateway's, for later) published
-    on free loopback ports: its URL."""
+    """Run it as docker-compose.yml does, port 3000 (and the gRPC gateway's and the web UI's, for
+    later: the UI shares its network) published on free loopback ports: its URL."""
     podman(
         "run", "--detach", "--init", "--name", name, "--publish", "127.0.0.1::3000",
-        "--publish", f"127.0.0.1::{GRPC_PORT}",
+        "--publish", f"127.0.0.1::{GRPC_PORT}", "--publish", f"127.0.0.1::{UI_PORT}",
         "--read-only", "--tmpfs", "/tmp", "--env", "BENTOML_HOME=/tmp/bentoml", "--volume", "/cache",
         image,
     )  # fmt: skip
@@ -238,6 +241,53 @@ def generate_over_grpc(address: str) -> None:
     print(f"gRPC GenerateImage: {mime} {pixels.shape}, seed {answer.seed}")
 
 
+def build_ui_image(work: Path, base: str, image: str) -> None:
+    """frontend/Dockerfile on `base`, from a context of only what it copies (not the venv)."""
+    context = work / "ui-context"
+    for path in ("pyproject.toml", "README.md", "requirements", "genserve", "frontend"):
+        source = ROOT / path
+        if source.is_dir():
+            shutil.copytree(source, context / path, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            context.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, context / path)
+    options = ["--build-arg", f"BASE_IMAGE={base}", "-f", "frontend/Dockerfile", "-t", image]
+    ca = os.environ.get("BUILD_CA", "/etc/ssl/certs/ca-certificates.crt")
+    if ca and Path(ca).is_file():
+        options += ["--secret", f"id=hostca,src={ca}"]
+    podman("build", *options, str(context))
+
+
+def start_ui(image: str, name: str, api: str) -> str:
+    """The UI image run as a Deployment runs it, on the API container's network (the API at
+    127.0.0.1:3000), once its health check answers: its published URL."""
+    podman(
+        "run", "--detach", "--name", name, "--network", f"container:{api}",
+        "--env", "GENSERVE_URL=http://127.0.0.1:3000", image,
+    )  # fmt: skip
+    url = f"http://{podman('port', api, str(UI_PORT), capture=True)}"
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        try:
+            if httpx.get(f"{url}/_stcore/health", timeout=5).text == "ok":
+                return url
+        except httpx.TransportError:  # not listening yet
+            pass
+        expect(exit_code(name) is None, f"the UI container exited with {exit_code(name)}")
+        expect(time.monotonic() < deadline, f"the UI's /_stcore/health did not answer in {READY_TIMEOUT_S} s")
+        time.sleep(1)
+
+
+def generate_through_ui(name: str) -> None:
+    """An image made by the UI's own client inside its container (scripts/ui_generate.py), checked."""
+    script = (ROOT / "scripts" / "ui_generate.py").read_text()
+    encoded = run("podman", "exec", "-i", name, "python", "-", input=script, capture=True)
+    mime, pixels = read_image(base64.b64decode(encoded.splitlines()[-1], validate=True))
+    seen = read_picture(pixels)
+    expect((seen.colour, seen.background) == ("red", "blue"), f"UI client: {PROMPT!r} drew {seen}")
+    print(f"web UI's client: {mime} {pixels.shape}, {seen.colour} on {seen.background}")
+
+
 def stop(name: str) -> None:
     """SIGTERM (what `docker stop` and Kubernetes send): it must exit 0 before the grace ends."""
     start_s = time.monotonic()
@@ -252,14 +302,16 @@ def remove(name: str, images: list[str]) -> None:
     """The container, its anonymous volume, and the images made here; quietly, as far as they exist."""
     quiet = {"check": False, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     run("podman", "rm", "--force", "--volumes", name, **quiet)
-    run("podman", "rmi", "--force", *images, **quiet)
+    if images:
+        run("podman", "rmi", "--force", *images, **quiet)
 
 
 def main() -> None:
     suffix = str(os.getpid())
     name, image = f"genserve-image-test-{suffix}", f"localhost/genserve:cpu-test-{suffix}"
+    ui_name, ui_image = f"genserve-ui-test-{suffix}", f"localhost/genserve-ui:test-{suffix}"
     base = os.environ.get("BASE_IMAGE") or f"localhost/genserve-cpu-base:bookworm-{suffix}"
-    made = [image] if os.environ.get("BASE_IMAGE") else [image, base]
+    made = [image, ui_image] if os.environ.get("BASE_IMAGE") else [image, ui_image, base]
     steps = Steps()
     work = Path(tempfile.mkdtemp(prefix="genserve-image-test-"))
     env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
@@ -279,13 +331,21 @@ def main() -> None:
             generate(url)
         with steps("the gRPC gateway in the container, an image through it"):
             generate_over_grpc(start_grpc_gateway(name))
+        with steps(f"web UI image {ui_image}"):
+            build_ui_image(work, base, ui_image)
+        with steps("the web UI beside the API: health, an image through its client"):
+            start_ui(ui_image, ui_name, name)
+            generate_through_ui(ui_name)
+            remove(ui_name, [])  # before the API's stop: it shares the API's network
         with steps("stop with SIGTERM"):
             stop(name)
     except BaseException:
         run("podman", "logs", "--tail", "50", name, check=False)
+        run("podman", "logs", "--tail", "50", ui_name, check=False)
         raise
     finally:
-        with steps("remove the container and images"):
+        with steps("remove the containers and images"):
+            remove(ui_name, [])
             remove(name, made)
             shutil.rmtree(work, ignore_errors=True)
         steps.report()

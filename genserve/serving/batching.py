@@ -1,25 +1,21 @@
 """BentoML's adaptive batching, made greedy: a batch starts as soon as the generator is free.
 
-BentoML's batching dispatcher (`bentoml/_internal/marshal/dispatcher.py`, `CorkDispatcher`)
-runs one batch at a time, and the requests that queue while a batch runs form the next one
-(up to `max_batch_size`): that is the batching, and under load it fills batches by itself.
-genserve keeps that dispatcher, its batches, `max_batch_size` and `max_latency_ms`, and changes
-two things that leave a generator idle while requests wait:
+BentoML's batching dispatcher (`CorkDispatcher`) runs one batch at a time, and the requests that
+queue while a batch runs form the next one (up to `max_batch_size`): that is the batching, and
+under load it fills batches by itself. genserve keeps that dispatcher, its batches,
+`max_batch_size` and `max_latency_ms`, and changes two things that leave a generator idle while
+requests wait (bench/README.md has the measurements):
 
-- The learned wait. The dispatcher holds a lone request back, waiting for partners, for about
-  as long as the first requests of its last 50 batches waited. That average includes the time
-  requests queued behind a running batch, so after a burst of load every lone request is held
-  for about a batch's time for partners that do not come (bench: one client's p50 went from
-  119 ms on a fresh server to ~300 ms after one burst). Whatever arrives while a generator
-  works joins the next batch anyway, so the wait is fixed at zero.
-- The hand-over between batches. When a batch is done, the dispatcher answers its requests
-  first and frees the generator after: each answer is serialised and sent on the event loop
-  before the dispatcher can start the next batch, a gap of ~5 ms per request (bench: the image
-  generator idle 14 % of the time under load). genserve frees the generator first, lets the
-  next batch start, then answers.
+- The learned wait. The dispatcher holds a lone request back for about as long as the first
+  requests of its last 50 batches waited, which includes their time queued behind a running
+  batch: after a burst, every lone request waits a batch's time for partners that do not come.
+  Whatever arrives while a generator works joins the next batch anyway: the wait is zero here.
+- The hand-over between batches. The dispatcher answers a batch's requests (serialised and sent
+  on the event loop, ~5 ms each) before it frees the generator. genserve frees the generator
+  first, lets the next batch start, then answers.
 
 No BentoML setting does either; the dispatcher is BentoML's private code (reached through
-serving/bentoml_compat.py), and tests/service/test_batching.py checks it still behaves as this module expects.
+serving/bentoml_compat.py), and tests/service/test_batching.py checks it behaves as expected.
 """
 
 from __future__ import annotations

@@ -112,9 +112,7 @@ async def _call_once(generator: Any, queued: list[Queued], request: Request | No
     try:
         if request is not None and await _disconnected_before_done(work, request):
             # Answered all the same, though nobody reads it: the log shows 499, and the request
-            # ends as a request rather than as an error. (A request ending without a response was
-            # held by BentoML's own timeout middleware until its timeout, and a stopping server
-            # waited for it; genserve/serving/timeout.py replaces that middleware.)
+            # ends as a request rather than as an error.
             logger.info("client disconnected; cancelling its request")
             await _abandon(work, generator, queued)
             return everyone(CLIENT_LEFT)

@@ -1,12 +1,10 @@
 """BentoML's request timeout (`traffic.timeout`), without the memory it kept for every request.
 
-BentoML's `TimeoutMiddleware` (`bentoml/_internal/server/http/traffic.py`) arms a timer for each
-request with `loop.call_later` and never cancels it. asyncio keeps a pending timer, and the
-copy of the request's context variables it was armed in, until it fires: the request, its
-headers and its tracing span lived on for the whole timeout (`request_timeout_s` + 30 s, 930 s
-by default), ~17 KB a request, so under load the entry service's memory grew by hundreds of
-MiB (docs/soak.md has the measurements). No upstream fix in the pinned BentoML 1.4.40; the
-same symptom was reported as bentoml/BentoML#4760.
+BentoML's `TimeoutMiddleware` arms a timer for each request with `loop.call_later` and never
+cancels it. asyncio keeps a pending timer, and the copy of the request's context variables it was
+armed in, until it fires: every request lived on for the whole timeout (930 s by default), and a
+busy entry service grew by hundreds of MiB (bench/README.md, "The leak it was written for";
+bentoml/BentoML#4760).
 
 `RequestTimeout` keeps BentoML's behaviour (a request that has not started its response within
 the timeout is cancelled and answered 504) and lets go of everything once the request ends.
