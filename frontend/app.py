@@ -17,7 +17,8 @@ from typing import Any
 
 import streamlit as st
 
-from genserve.clients.ui import FAILURES, Connection, GenServe, Job, explain
+from genserve.clients.sdk import TextToVideoJob
+from genserve.clients.ui import FAILURES, Connection, GenServe, explain
 from genserve.core.presets import (
     MAX_PROMPT_CHARS,
     MAX_UPLOAD_BYTES,
@@ -302,7 +303,7 @@ def image_to_video(api: GenServe, params: Parameters) -> None:
 
 def text_to_video(api: GenServe, params: Parameters) -> None:
     """A job on the server: its status is shown while it runs, and survives reruns of the page."""
-    job: Job | None = st.session_state.get("job")
+    job: TextToVideoJob | None = st.session_state.get("job")
     prompt = prompt_input("t2v_prompt")
     if st.button("Start video job", type="primary", key="t2v_go", disabled=job is not None):
         if not prompt.strip():
@@ -316,14 +317,14 @@ def text_to_video(api: GenServe, params: Parameters) -> None:
                 seed=params.seed_to_use(),
                 **params.video,
             )
-            job = st.session_state.job = Job(fields)
+            job = st.session_state.job = TextToVideoJob(fields)
     if job is not None:
         wait_for(api, job)
     else:
         show_latest("txt2vid")
 
 
-def wait_for(api: GenServe, job: Job) -> None:
+def wait_for(api: GenServe, job: TextToVideoJob) -> None:
     status = st.status("Text to video: submitting the job…")
 
     def report(state: str, elapsed: float) -> None:

@@ -40,7 +40,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_tools import protoc
 
-from genserve.clients.api import api_url, parse_error, take_file, wait_for_job
+from genserve.clients.api import api_url, parse_error
+from genserve.clients.sdk import JobCanceled, TextToVideoJob, result, text_to_video, upload
 from genserve.core.protocol import DEFAULT_TIMEOUT_S, VIDEO_FORMATS, parse_bearer
 from genserve.core.schemas import TextToVideoRequest, VideoRequest, random_seed
 from genserve.core.settings import _positive_int
@@ -151,11 +152,6 @@ async def set_up(client: bentoml.AsyncHTTPClient, context: grpc.aio.ServicerCont
         raise
 
 
-async def read_result(path: Path) -> bytes:
-    """The file the SDK saved a result to, removed once read (off the event loop)."""
-    return await asyncio.to_thread(take_file, path)
-
-
 class Gateway:
     """The `ImageGenerator` gRPC service, each call forwarded to the BentoML service."""
 
@@ -203,6 +199,8 @@ class Gateway:
             await context.abort(*grpc_error(int(error.error_code), str(error)))
         except (TimeoutError, httpx.TimeoutException):
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "generation took too long")
+        except JobCanceled as error:
+            await context.abort(grpc.StatusCode.ABORTED, str(error))
         except httpx.TransportError as error:
             logger.warning("genserve at %s is unreachable: %r", self.settings.url, error)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the genserve service is unreachable")
@@ -214,7 +212,7 @@ class Gateway:
         fields.setdefault("seed", random_seed())  # chosen here, so the reply can report it
 
         async def call(client: bentoml.AsyncHTTPClient) -> bytes:
-            return await read_result(await client.txt2img(**fields, output_format="png"))
+            return await result(await client.txt2img(**fields, output_format="png"))
 
         data = await self._forward(context, call)
         return self.ImageResponse(image_data=base64.b64encode(data).decode("ascii"), seed=fields["seed"])
@@ -231,21 +229,14 @@ class Gateway:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
 
         async def image_to_video(client: bentoml.AsyncHTTPClient) -> bytes:
-            with tempfile.TemporaryDirectory() as tmp:
-                upload = Path(tmp) / "image"
-                upload.write_bytes(image)
-                return await read_result(await client.img2vid(image=upload, **fields))
+            with upload(image) as path:
+                return await result(await client.img2vid(image=path, **fields))
 
-        async def text_to_video(client: bentoml.AsyncHTTPClient) -> bytes:
-            task = await client.txt2vid.submit(**fields)
+        async def from_text(client: bentoml.AsyncHTTPClient) -> bytes:
+            # A JobTimeout is a TimeoutError: DEADLINE_EXCEEDED, as the call's own deadline.
+            return await text_to_video(client, TextToVideoJob(fields), self.settings.timeout_s)
 
-            async def status() -> str:
-                return (await task.get_status()).value
-
-            await wait_for_job(status, self.settings.timeout_s)  # a JobTimeout is a TimeoutError
-            return await read_result(await task.get())
-
-        data = await self._forward(context, text_to_video if image is None else image_to_video)
+        data = await self._forward(context, from_text if image is None else image_to_video)
         fmt = fields["output_format"]
         return self.VideoResponse(video_data=data, mime_type=VIDEO_FORMATS[fmt], seed=fields["seed"])
 

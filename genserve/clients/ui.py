@@ -9,26 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import bentoml
 import httpx
 from bentoml.exceptions import BentoMLException
 
-from genserve.clients.api import (
-    CONNECT_TIMEOUT_S,
-    JobTimeout,
-    api_key,
-    api_url,
-    parse_error,
-    take_file,
-    wait_for_job,
-)
+from genserve.clients.api import CONNECT_TIMEOUT_S, JobTimeout, api_key, api_url, parse_error, take_file
+from genserve.clients.sdk import JobCanceled, TextToVideoJob, text_to_video, upload
 from genserve.core.protocol import DEFAULT_TIMEOUT_S
 
 
@@ -57,15 +47,6 @@ class UIError(Exception):
 
 #: What a call may raise: the server's answer (the SDK's exceptions), the network, or the UI's own.
 FAILURES = (BentoMLException, httpx.HTTPError, UIError)
-
-
-@dataclass
-class Job:
-    """A text-to-video job of one page session, kept across reruns of the page so waiting can resume."""
-
-    fields: dict[str, Any]
-    started: float = field(default_factory=time.monotonic)
-    task_id: str | None = None  # set once submitted
 
 
 def explain(error: BentoMLException | httpx.HTTPError | UIError, url: str, labels: Mapping[str, str]) -> str:
@@ -125,31 +106,19 @@ class GenServe:
         return take_file(self.sdk.txt2img(**fields))
 
     def img2vid(self, image: bytes, filename: str, **fields: Any) -> bytes:
-        """The SDK uploads files from paths, so the image is written to one under its own name."""
-        with tempfile.TemporaryDirectory(prefix="genserve-ui-") as folder:
-            path = Path(folder) / Path(filename).name
-            path.write_bytes(image)
+        with upload(image, filename) as path:
             return take_file(self.sdk.img2vid(image=path, **fields))
 
-    def txt2vid(self, job: Job, on_status: Callable[[str, float], None]) -> bytes:
+    def txt2vid(self, job: TextToVideoJob, on_status: Callable[[str, float], None]) -> bytes:
         """Submit the job (or go on waiting for it, after a page rerun), report its status while it
         runs, and return the video. The async client is the SDK's one whose task submission works."""
         return asyncio.run(self._txt2vid(job, on_status))
 
-    async def _txt2vid(self, job: Job, on_status: Callable[[str, float], None]) -> bytes:
+    async def _txt2vid(self, job: TextToVideoJob, on_status: Callable[[str, float], None]) -> bytes:
         async with bentoml.AsyncHTTPClient(self.connection.url, **self.connection.sdk_options()) as sdk:
-            if job.task_id is None:
-                job.task_id = (await sdk.txt2vid.submit(**job.fields)).id
-            task_id = job.task_id
-
-            async def status() -> str:
-                return (await sdk.txt2vid.get_status(task_id)).value
-
             try:
-                status = await wait_for_job(status, self.connection.timeout_s, job.started, on_status)
+                return await text_to_video(sdk, job, self.connection.timeout_s, on_status)
             except JobTimeout as timeout:
-                raise UIError(f"Job {task_id} is {timeout}; stopped waiting.") from None
-            if status == "canceled":
-                raise UIError(f"Job {job.task_id} was canceled on the server.")
-            # A failed job's result is the server's error, which the SDK raises.
-            return take_file(await sdk.txt2vid.get(job.task_id))
+                raise UIError(f"Job {job.task_id} is {timeout}; stopped waiting.") from None
+            except JobCanceled:
+                raise UIError(f"Job {job.task_id} was canceled on the server.") from None
