@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -51,6 +51,7 @@ PRIVATE_INSTANCE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "Optimizer": ("wait",),
     "Job": ("data", "future"),
     "SessionManager": ("_session",),
+    "ClientSession": ("connector._keepalive_timeout",),  # aiohttp's
     "Sqlite3Store": ("_conn",),
     "APIMethod": ("output_spec",),
 }
@@ -104,18 +105,24 @@ def install_timeout_middleware(cls: type[traffic.TimeoutMiddleware]) -> None:
 
 
 # Connections to the generators (serving/dispatch.py): the client keeps idle connections longer
-# than the generator does (bentoml/BentoML#4971); there is no setting for its sessions' connector.
-def tune_new_sessions(client: Any, tune: Callable[[Any], Any]) -> None:
-    """Apply `tune` to the aiohttp session of a dependency client (`bentoml.depends`) and to every
-    session it makes later, once per client; nothing for a client without sessions (a local one)."""
+# than the generator does (bentoml/BentoML#4971); there is no setting for its sessions' connector,
+# and aiohttp's connector has no setter for its keep-alive.
+def set_keepalive(client: Any, seconds: float) -> None:
+    """How long the aiohttp sessions of a dependency client (`bentoml.depends`), its current one
+    and every later one, keep an idle connection; nothing for a client without sessions (local)."""
     manager = getattr(client.to_async, "_session_manager", None)
-    if manager is None or getattr(manager, "genserve_tuned", False):
+    if manager is None or getattr(manager, "genserve_keepalive_s", None) == seconds:
         return
+
+    def tuned(session: Any) -> Any:
+        session.connector._keepalive_timeout = seconds
+        return session
+
     if manager._session is not None:
-        tune(manager._session)
+        tuned(manager._session)
     make_session = manager._make_client
-    manager._make_client = lambda: tune(make_session())
-    manager.genserve_tuned = True
+    manager._make_client = lambda: tuned(make_session())
+    manager.genserve_keepalive_s = seconds
 
 
 # Jobs left "in_progress" by a dead worker (serving/jobs.py): the task store has no query by

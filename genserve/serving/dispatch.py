@@ -13,16 +13,13 @@ import logging
 import math
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bentoml.exceptions import BentoMLException
 from starlette.requests import Request
 
 from genserve.serving import bentoml_compat
 from genserve.serving.workers import CLIENT_LEFT, Outcome, Queued
-
-if TYPE_CHECKING:  # imported by BentoML's client where it runs; not by `bentoml serve`'s process
-    import aiohttp
 
 logger = logging.getLogger(__name__)
 
@@ -145,11 +142,7 @@ def _tune_connection_pool(generator: Any) -> None:
     The pool of the client (one for good: `KEEP_CONNECTION_POOL`) drops them sooner.
     """
 
-    def with_short_keepalive(session: aiohttp.ClientSession) -> aiohttp.ClientSession:
-        session.connector._keepalive_timeout = POOL_KEEPALIVE_S  # aiohttp has no setter
-        return session
-
-    bentoml_compat.tune_new_sessions(generator, with_short_keepalive)
+    bentoml_compat.set_keepalive(generator, POOL_KEEPALIVE_S)
 
 
 async def _disconnected_before_done(work: asyncio.Future, request: Request) -> bool:
