@@ -3,7 +3,7 @@
 Copied from the `config.json` files of `stabilityai/stable-diffusion-3.5-large` and
 `stabilityai/stable-video-diffusion-img2vid-xt` (no download here: both repos are large, and
 SD3.5 is gated), so `bench/gpu.py` can build the real architectures with random weights.
-`tests/service/test_bench.py` checks their parameter counts against the published model sizes.
+`tests/served/test_bench.py` checks their parameter counts against the published model sizes.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ requests wait (bench/README.md has the measurements):
   first, lets the next batch start, then answers.
 
 No BentoML setting does either; the dispatcher is BentoML's private code (reached through
-serving/bentoml_compat.py), and tests/service/test_batching.py checks it behaves as expected.
+serving/bentoml_compat.py), and tests/served/test_batching.py checks it behaves as expected.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Each generator's answer label, and the one BentoML would work out without it: run by
-tests/service/test_workers.py."""
+tests/served/test_workers.py."""
 
 import service
 

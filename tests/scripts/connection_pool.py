@@ -1,5 +1,5 @@
 """The entry service's connection pool to a generator, as `bentoml serve` sets it up: kept for good,
-idle connections dropped before the generator drops them. Run by tests/service/test_dispatch.py."""
+idle connections dropped before the generator drops them. Run by tests/served/test_dispatch.py."""
 
 import asyncio
 import json

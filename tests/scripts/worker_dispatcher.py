@@ -1,5 +1,5 @@
 """A worker's service app uses genserve's greedy dispatcher, and service.py does not import the app
-(its cold start): run by tests/service/test_batching.py."""
+(its cold start): run by tests/served/test_batching.py."""
 
 import importlib
 import sys

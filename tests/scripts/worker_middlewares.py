@@ -1,5 +1,5 @@
 """The middlewares BentoML's app factory gives a worker's app once service.py is imported: genserve's
-request timeout instead of BentoML's. Run by tests/service/test_timeout.py."""
+request timeout instead of BentoML's. Run by tests/served/test_timeout.py."""
 
 from types import SimpleNamespace
 
