@@ -37,6 +37,7 @@ class Probe:
 
 def instances(tmp_path) -> dict[str, object]:
     """One instance of each class whose instance attributes genserve uses."""
+
     async def batch(inputs):
         return inputs
 
