@@ -252,7 +252,8 @@ GenServe.add_asgi_middleware(
 )
 GenServe.add_asgi_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 GenServe.add_asgi_middleware(JSONNotFound)
-ENDPOINTS = frozenset(api.route for api in GenServe.apis.values()) | {"/txt2vid/submit"}
+SUBMIT_PATH = "/txt2vid/submit"  # BentoML's task route of txt2vid
+ENDPOINTS = frozenset(api.route for api in GenServe.apis.values()) | {SUBMIT_PATH}
 GenServe.add_asgi_middleware(ValidateForm, paths=ENDPOINTS, file_fields={"/img2vid": frozenset({"image"})})
 GenServe.add_asgi_middleware(JSONDocument, path="/models", document=MODELS_INFO)
-GenServe.add_asgi_middleware(ValidateJSONBody, path="/txt2vid/submit", model=TextToVideo)
+GenServe.add_asgi_middleware(ValidateJSONBody, path=SUBMIT_PATH, model=TextToVideo)

@@ -14,8 +14,6 @@ from pathlib import Path
 import httpx
 
 from genserve.serving.processes import (
-    batch_sizes,
-    descendants,
     free_port,
     log_tail,
     private_bentoml_home,
@@ -24,8 +22,6 @@ from genserve.serving.processes import (
     wait_until_ready,
 )
 from genserve.serving.processes import stop_process_tree as stop
-
-__all__ = ["batch_sizes", "descendants", "free_port", "stop"]  # re-exported for the tests
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"GENSERVE_IMAGE_PRESET": "tiny", "GENSERVE_VIDEO_PRESET": "tiny"}

@@ -44,7 +44,7 @@ from genserve.clients.api import api_url, parse_error
 from genserve.clients.sdk import JobCanceled, TextToVideoJob, result, text_to_video, upload
 from genserve.core.protocol import DEFAULT_TIMEOUT_S, VIDEO_FORMATS, parse_bearer
 from genserve.core.schemas import TextToVideoRequest, VideoRequest, random_seed
-from genserve.core.settings import _positive_int
+from genserve.core.settings import positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -82,10 +82,10 @@ class GatewaySettings:
         return cls(
             url=api_url(environ),
             host=environ.get("GENSERVE_GRPC_HOST") or "[::]",
-            port=_positive_int(environ, "GENSERVE_GRPC_PORT", DEFAULT_PORT),
+            port=positive_int(environ, "GENSERVE_GRPC_PORT", DEFAULT_PORT),
             max_message_bytes=MIB
-            * _positive_int(environ, "GENSERVE_GRPC_MAX_MESSAGE_MB", DEFAULT_MAX_MESSAGE_MB),
-            timeout_s=_positive_int(environ, "GENSERVE_REQUEST_TIMEOUT_S", DEFAULT_TIMEOUT_S),
+            * positive_int(environ, "GENSERVE_GRPC_MAX_MESSAGE_MB", DEFAULT_MAX_MESSAGE_MB),
+            timeout_s=positive_int(environ, "GENSERVE_REQUEST_TIMEOUT_S", DEFAULT_TIMEOUT_S),
         )
 
 

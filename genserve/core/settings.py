@@ -53,7 +53,8 @@ def _number(environ: Mapping[str, str], name: str, default: N, parse: Callable[[
     return number
 
 
-def _positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
+def positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    """The variable `name` as an integer of at least 1 (the gRPC gateway reads its own with it)."""
     return _number(environ, name, default, int, 1)
 
 
@@ -83,12 +84,12 @@ class GeneratorSettings(Generic[P]):
         return cls(
             preset=preset,
             source=environ.get(f"{prefix}MODEL") or preset.source,
-            max_batch_size=_positive_int(environ, f"{prefix}MAX_BATCH_SIZE", batching.max_batch_size),
-            max_latency_ms=_positive_int(environ, f"{prefix}MAX_LATENCY_MS", batching.max_latency_ms),
+            max_batch_size=positive_int(environ, f"{prefix}MAX_BATCH_SIZE", batching.max_batch_size),
+            max_latency_ms=positive_int(environ, f"{prefix}MAX_LATENCY_MS", batching.max_latency_ms),
             gpus=_number(environ, f"{prefix}GPUS", 1.0, float, 0.0),
-            workers=_positive_int(environ, f"{prefix}WORKERS", 1),
+            workers=positive_int(environ, f"{prefix}WORKERS", 1),
             cpu_threads=_number(environ, "GENSERVE_CPU_THREADS", preset.cpu_threads, int, 0),
-            max_queue=_positive_int(environ, f"{prefix}MAX_QUEUE", QUEUE_BATCHES * batching.max_batch_size),
+            max_queue=positive_int(environ, f"{prefix}MAX_QUEUE", QUEUE_BATCHES * batching.max_batch_size),
         )
 
     def batching(self) -> dict:
@@ -139,7 +140,7 @@ class Settings:
             cpu_offload=_flag(environ, "GENSERVE_CPU_OFFLOAD", False),
             vae_slicing=_flag(environ, "GENSERVE_VAE_SLICING", None),
             vae_tiling=_flag(environ, "GENSERVE_VAE_TILING", False),
-            request_timeout_s=_positive_int(environ, "GENSERVE_REQUEST_TIMEOUT_S", DEFAULT_TIMEOUT_S),
+            request_timeout_s=positive_int(environ, "GENSERVE_REQUEST_TIMEOUT_S", DEFAULT_TIMEOUT_S),
             api_keys=tuple(
                 key.strip() for key in environ.get("GENSERVE_API_KEYS", "").split(",") if key.strip()
             ),

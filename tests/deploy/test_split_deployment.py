@@ -17,10 +17,10 @@ import httpx
 import pytest
 import yaml
 from decoding import read_image, read_video
-from helpers import ROOT, free_port, genserve_metric, stop, wait_ready
+from helpers import ROOT, genserve_metric, wait_ready
 
 from genserve.core.loading import resolve_source
-from genserve.serving.processes import start_process
+from genserve.serving.processes import free_port, start_process, stop_process_tree
 
 BASE = ROOT / "k8s" / "base"
 MANIFESTS = {"gateway": "gateway.yaml", "image": "image-generator.yaml", "video": "video-generator.yaml"}
@@ -97,4 +97,4 @@ def test_gateway_and_generators_as_separate_processes(settings, tmp_path: Path) 
         for process in processes.values():
             process.terminate()  # all at once: each takes a while to shut down
         for process in processes.values():
-            stop(process)
+            stop_process_tree(process)

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 from decoding import read_image
-from helpers import ROOT, free_port, stop
+from helpers import ROOT
 
-from genserve.serving.processes import start_process, wait_until_ready
+from genserve.serving.processes import free_port, start_process, stop_process_tree, wait_until_ready
 
 CHROMIUM = Path("/usr/bin/chromium")
 # What Chromium needs here: no sandbox (containers), no GPU, and no calls home of its own.
@@ -57,7 +57,7 @@ def ui(server: str, tmp_path: Path) -> Iterator[str]:
         wait_until_ready(url, process.poll, timeout_s=TIMEOUT_S, poll_s=0.2, log=log, probe=probe)
         yield url
     finally:
-        stop(process)
+        stop_process_tree(process)
 
 
 def test_browser_generates_an_image(ui, settings, tmp_path) -> None:

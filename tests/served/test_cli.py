@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 from decoding import read_video
-from helpers import free_port
 from PIL import Image
+
+from genserve.serving.processes import free_port
 
 SAVED = re.compile(r"saved (?P<path>.+) \(seed (?P<seed>\d+)\)")
 

@@ -9,9 +9,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from decoding import read_image
-from helpers import DEMO, batch_sizes, running_server
+from helpers import DEMO, running_server
 
 from genserve.core.shapes import parse, read_picture
+from genserve.serving.processes import batch_sizes
 
 TIMEOUT = 300
 #: Every colour, shape, size and place, with and without a background. Eight of them, so they fit

@@ -12,8 +12,10 @@ import httpx
 import pytest
 from bentoml.exceptions import BentoMLException
 from decoding import read_image, read_video
-from helpers import ROOT, free_port
+from helpers import ROOT
 from streamlit.testing.v1 import AppTest
+
+from genserve.serving.processes import free_port
 
 APP = ROOT / "frontend" / "app.py"
 TIMEOUT = 120

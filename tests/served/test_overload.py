@@ -11,7 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import descendants, genserve_metric, running_server
+from helpers import genserve_metric, running_server
+
+from genserve.serving.processes import descendants
 
 pytestmark = pytest.mark.slow
 

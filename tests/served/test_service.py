@@ -10,11 +10,12 @@ import httpx
 import numpy as np
 import pytest
 from decoding import read_image, read_video
-from helpers import batch_sizes, job_status
+from helpers import job_status
 
 from genserve.core.generation import generate_images
 from genserve.core.media import encode_image
 from genserve.core.schemas import image_request_model
+from genserve.serving.processes import batch_sizes
 
 TIMEOUT = 120
 

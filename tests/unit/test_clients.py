@@ -7,9 +7,10 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT, free_port
+from helpers import ROOT
 
 from genserve.clients.api import JobTimeout, wait_for_job
+from genserve.serving.processes import free_port
 
 
 def test_every_client_imports_without_torch_diffusers_or_imageio() -> None:
