@@ -44,7 +44,8 @@ def _random(factory: Callable[[], torch.nn.Module], dtype: torch.dtype, device: 
     return model.to(dtype).eval()  # buffers some models compute in float32
 
 
-def sd35_large_pipeline(device: str = "cuda"):
+def sd35_large_pipeline(device: str = "cuda", config: dict = SD35_LARGE):
+    """SD3.5 Large (the Turbo's architecture too), or Medium with `config=SD35_MEDIUM`."""
     from diffusers import (
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
@@ -63,7 +64,7 @@ def sd35_large_pipeline(device: str = "cuda"):
         "eos_token_id": clip_tokenizer.eos_token_id,
         "pad_token_id": clip_tokenizer.pad_token_id,
     }
-    config, dtype = SD35_LARGE, torch.bfloat16
+    dtype = torch.bfloat16
     pipe = StableDiffusion3Pipeline(
         transformer=_random(lambda: SD3Transformer2DModel(**config["transformer"]), dtype, device),
         scheduler=FlowMatchEulerDiscreteScheduler(**config["scheduler"]),

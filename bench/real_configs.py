@@ -1,4 +1,5 @@
-"""The published configs of Stable Diffusion 3.5 Large and Stable Video Diffusion XT, written out.
+"""The published configs of Stable Diffusion 3.5 Large and Medium and Stable Video Diffusion XT,
+written out.
 
 Copied from the `config.json` files of `stabilityai/stable-diffusion-3.5-large` and
 `stabilityai/stable-video-diffusion-img2vid-xt` (no download here: both repos are large, and
@@ -82,6 +83,20 @@ SD35_LARGE = {
     },
     # scheduler/scheduler_config.json
     "scheduler": {"num_train_timesteps": 1000, "shift": 3.0},
+}
+
+# stabilityai/stable-diffusion-3.5-medium: the same encoders, VAE and scheduler as Large; its
+# transformer is MMDiT-X, 24 blocks of 24 heads × 64 (width 1536), dual attention in blocks 0-12.
+SD35_MEDIUM = {
+    **SD35_LARGE,
+    "transformer": {
+        **SD35_LARGE["transformer"],
+        "num_layers": 24,
+        "num_attention_heads": 24,
+        "caption_projection_dim": 1536,
+        "pos_embed_max_size": 384,
+        "dual_attention_layers": tuple(range(13)),
+    },
 }
 
 SVD_XT = {

@@ -69,10 +69,15 @@ def server(tiny_models, tmp_path_factory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def keyed(tiny_models, tmp_path_factory) -> Iterator[tuple[str, Path, Path]]:
     """The served API with keys: ENV_KEYS from the environment, FILE_KEY from a key file that
-    tests may rewrite (and restore); yields its URL, the key file and the server's log folder."""
+    tests may rewrite (and restore); yields its URL, the key file and the server's log folder.
+    It is also the privacy-minded deployment: PNG results do not say how they were made."""
     directory = tmp_path_factory.mktemp("keyed")
     key_file = directory / "keys"
     key_file.write_text(f"# rotated by the operator\n{FILE_KEY}\n")
-    env = {"GENSERVE_API_KEYS": ",".join(ENV_KEYS), "GENSERVE_API_KEYS_FILE": str(key_file)}
+    env = {
+        "GENSERVE_API_KEYS": ",".join(ENV_KEYS),
+        "GENSERVE_API_KEYS_FILE": str(key_file),
+        "GENSERVE_PNG_PARAMETERS": "0",
+    }
     with running_server(directory, **env) as (url, _):
         yield url, key_file, directory

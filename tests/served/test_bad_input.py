@@ -77,6 +77,14 @@ def upload(image: bytes, mime: str = "image/png", **fields: str) -> dict:
     return {"files": {"image": ("upload", image, mime)}, "data": fields}
 
 
+def edit(image: bytes, mask: bytes | None = None, **fields: str) -> dict:
+    """An /inpaint (or, without mask, /img2img) upload."""
+    files = {"image": ("upload", image, "image/png")}
+    if mask is not None:
+        files["mask"] = ("mask", mask, "image/png")
+    return {"files": files, "data": {"prompt": "a cat", **fields}}
+
+
 def form(**fields: str) -> dict:
     return {"data": fields}
 
@@ -147,6 +155,28 @@ CORPUS = {
         ("binary form field", binary_part("num_frames"), 400, "num_frames", None),
         ("part without headers", raw(b"--XyZ\r\nTrue--XyZ--\r\n", MULTIPART), 400, None, "multipart"),
         ("streamed too large", streamed(b"--XyZ\r\n", MULTIPART), 413, None, "larger than"),
+    ],
+    "POST /img2img": [
+        ("strength 0", edit(png(64), strength="0"), 400, "strength", None),
+        ("strength 1.5", edit(png(64), strength="1.5"), 400, "strength", None),
+        ("strength text", edit(png(64), strength="half"), 400, "strength", None),
+        ("prompt missing", upload(png(64)), 400, "prompt", None),
+        ("steps 0", edit(png(64), num_inference_steps="0"), 400, "num_inference_steps", None),
+        ("image missing", form(prompt="a cat"), 400, "image", None),
+        ("image not x16", edit(png(72, 64)), 400, "image", "multiples of 16"),
+        ("image too large", edit(png(512, 512)), 400, "image", "256x256"),
+        ("image too small", edit(png(32, 32)), 400, "image", "64x64"),
+        ("truncated PNG", edit(png(64)[:60]), 400, "image", None),
+        ("claims 20000x20000", edit(png_claiming(20000, 20000)), 413, "image", None),
+        ("unknown field", edit(png(64), denoise="0.5"), 400, "denoise", None),
+    ],
+    "POST /inpaint": [
+        ("mask missing", edit(png(64)), 400, "mask", None),
+        ("mask size", edit(png(64), png(80)), 400, "mask", "80x64"),
+        ("mask text", edit(png(64), b"white here"), 400, "mask", None),
+        ("mask empty", edit(png(64), b""), 400, "mask", None),
+        ("image not x16", edit(png(80, 50), png(80, 50)), 400, "image", None),
+        ("strength 0", edit(png(64), png(64), strength="0"), 400, "strength", None),
     ],
     "POST /txt2vid/submit": [
         ("frames 1000", body({"prompt": "cat", "num_frames": 1000}), 400, "num_frames", None),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 
 import bentoml
@@ -10,11 +11,12 @@ import httpx
 import numpy as np
 import pytest
 from decoding import read_image, read_video
-from helpers import job_status
+from helpers import ENV_KEYS, job_status
+from PIL import Image
 
-from genserve.core.generation import generate_images
-from genserve.core.media import encode_image
-from genserve.core.schemas import image_request_model
+from genserve.core.generation import ImagePipelines, generate_edits, generate_images
+from genserve.core.media import PARAMETERS_CHUNK, encode_image
+from genserve.core.schemas import EditJob, edit_request_model, image_request_model
 from genserve.serving.processes import batch_sizes
 
 TIMEOUT = 120
@@ -53,6 +55,79 @@ def test_served_image_equals_in_process_result(server, image_pipe, settings) -> 
     request = image_request_model(settings.image.preset)(**fields)
     [local] = generate_images(image_pipe, settings.image.preset, [request])
     assert np.abs(served.astype(int) - local.astype(int)).max() <= 1
+
+
+def test_a_png_says_how_it_was_made(server, settings) -> None:
+    response = post_image(server, prompt="a red cat", negative_prompt="blur", seed=5, width=128)
+    preset = settings.image.preset
+    with Image.open(io.BytesIO(response.content)) as image:
+        parameters = image.text[PARAMETERS_CHUNK]
+    expected = (
+        "a red cat\nNegative prompt: blur\n"
+        f"Steps: {preset.default_steps}, CFG scale: {preset.default_guidance}, Seed: 5, "
+        f"Size: 128x{preset.default_height}, Model: {preset.name}"
+    )
+    assert parameters == expected
+
+
+def test_png_parameters_can_be_turned_off(keyed) -> None:
+    url, _, _ = keyed
+    headers = {"Authorization": f"Bearer {ENV_KEYS[0]}"}
+    response = httpx.post(f"{url}/txt2img", json={"prompt": "a red cat"}, headers=headers, timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    with Image.open(io.BytesIO(response.content)) as image:
+        assert PARAMETERS_CHUNK not in image.text
+
+
+def edit_files(mask: bool) -> dict:
+    """A 96x64 picture, with a mask over its middle when `mask`."""
+    picture = np.full((64, 96, 3), (30, 40, 220), np.uint8)
+    picture[16:48, 32:64] = (220, 30, 30)
+    files = {"image": ("picture.png", encode_image(picture, "png"), "image/png")}
+    if mask:
+        white = np.zeros((64, 96, 3), np.uint8)
+        white[8:56, 24:72] = 255
+        files["mask"] = ("mask.png", encode_image(white, "png"), "image/png")
+    return files
+
+
+@pytest.mark.parametrize("route", ["img2img", "inpaint"])
+def test_an_edit_is_served_as_made_in_process(server, image_pipe, settings, route) -> None:
+    fields = {"prompt": "a green cat", "strength": "0.7", "seed": "12", "num_inference_steps": "4"}
+    files = edit_files(mask=route == "inpaint")
+    response = httpx.post(f"{server}/{route}", files=files, data=fields, timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-seed"] == "12"
+    mime, served = read_image(response.content)
+    assert (mime, served.shape) == ("image/png", (64, 96, 3))
+    with Image.open(io.BytesIO(response.content)) as image:
+        assert image.text[PARAMETERS_CHUNK].endswith("Size: 96x64, Model: tiny, Denoising strength: 0.7")
+    request = edit_request_model(settings.image.preset)(**fields)
+    mask = files["mask"][1] if "mask" in files else None
+    job = EditJob(image=files["image"][1], mask=mask, request=request)
+    [local] = generate_edits(ImagePipelines.sharing(image_pipe), settings.image.preset, [job])
+    assert np.abs(served.astype(int) - local.astype(int)).max() <= 1
+
+
+def test_concurrent_edits_are_batched(server) -> None:
+    before = batch_sizes(server)
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        f"{server}/img2img", files=edit_files(mask=False), data={"prompt": f"robot {i}"}
+                    )
+                    for i in range(12)
+                )
+            )
+
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses] == [200] * 12
+    after = batch_sizes(server)
+    assert after["sum"] - before["sum"] == 12
+    assert after["count"] - before["count"] < 12  # some batch held more than one edit
 
 
 def test_concurrent_requests_are_batched(server) -> None:

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from decoding import read_image, read_video
 from PIL import Image
 
 from genserve.core import tiny
-from genserve.core.generation import VideoJob, fit_image, generate_images, generate_videos, group_compatible
+from genserve.core.generation import (
+    ImagePipelines,
+    VideoJob,
+    fit_image,
+    generate_edits,
+    generate_image_work,
+    generate_images,
+    generate_videos,
+    group_compatible,
+    repaint_mask,
+)
 from genserve.core.media import encode_image, encode_video
-from genserve.core.schemas import image_request_model, video_request_model
+from genserve.core.schemas import EditJob, edit_request_model, image_request_model, video_request_model
 
 ONE_STEP = 1  # the largest difference batching may make, in 8-bit steps
 
@@ -143,3 +154,135 @@ def test_a_stopped_group_frees_the_offloaded_models(settings, image_request, mon
     [result] = generate_images(pipe, settings.image.preset, [image_request(prompt="a cat")], lambda _: True)
     assert result is None and freed == [True]
     assert all(new is not old for new, old in zip(pipe._all_hooks, hooks_before, strict=True))
+
+
+# Image editing: the editing pipelines on the text-to-image pipeline's weights.
+
+
+@pytest.fixture(scope="module")
+def image_pipes(image_pipe):
+    return ImagePipelines.sharing(image_pipe)
+
+
+@pytest.fixture(scope="module")
+def edit_request(settings):
+    return edit_request_model(settings.image.preset)
+
+
+def red_circle(width: int = 64, height: int = 64) -> np.ndarray:
+    """A red disc on blue: a picture whose every region the tests can name."""
+    picture = np.zeros((height, width, 3), np.uint8)
+    picture[:] = (30, 40, 220)
+    rows, columns = np.mgrid[:height, :width]
+    picture[(rows - height // 2) ** 2 + (columns - width // 2) ** 2 < (min(width, height) // 4) ** 2] = (
+        220,
+        30,
+        30,
+    )
+    return picture
+
+
+def square_mask(width: int = 64, height: int = 64) -> np.ndarray:
+    """White (repaint) in the middle half of each side, black elsewhere; greyscale."""
+    mask = np.zeros((height, width), np.uint8)
+    mask[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = 255
+    return mask
+
+
+def edit_one(pipes, settings, job: EditJob) -> np.ndarray:
+    [pixels] = generate_edits(pipes, settings.image.preset, [job])
+    return pixels
+
+
+def test_editing_pipelines_share_the_text_to_image_weights(image_pipe, image_pipes) -> None:
+    def tensors(pipe) -> set[int]:
+        modules = [part for part in pipe.components.values() if isinstance(part, torch.nn.Module)]
+        return {tensor.data_ptr() for module in modules for tensor in module.parameters()}
+
+    assert tensors(image_pipes.image_to_image) == tensors(image_pipes.inpaint) == tensors(image_pipe)
+    assert image_pipes.text_to_image is image_pipe
+
+
+@pytest.mark.parametrize("size", [(64, 64), (96, 64), (64, 128)])
+def test_an_edit_has_its_input_size(image_pipes, settings, edit_request, size) -> None:
+    width, height = size
+    picture = encode_image(red_circle(width, height), "png")
+    mask = encode_image(np.repeat(square_mask(width, height)[..., None], 3, axis=2), "png")
+    for job in (
+        EditJob(image=picture, request=edit_request(prompt="a cat", seed=1)),
+        EditJob(image=picture, mask=mask, request=edit_request(prompt="a cat", seed=1)),
+    ):
+        assert edit_one(image_pipes, settings, job).shape == (height, width, 3)
+
+
+def test_img2img_follows_its_strength(image_pipes, settings, edit_request) -> None:
+    """Low strength keeps the picture's look; full strength starts from noise and departs from it."""
+    picture = red_circle()
+    image = encode_image(picture, "jpeg")  # any upload format
+    gentle, strong = (
+        edit_one(
+            image_pipes, settings, EditJob(image=image, request=edit_request(prompt="x", strength=s, seed=3))
+        )
+        for s in (0.05, 1.0)
+    )
+    distance = [np.abs(result.astype(int) - picture).mean() for result in (gentle, strong)]
+    assert distance[0] < distance[1] / 2
+
+
+def test_inpainting_keeps_every_pixel_outside_the_mask(image_pipes, settings, edit_request) -> None:
+    picture, mask = red_circle(), square_mask()
+    job = EditJob(
+        image=encode_image(picture, "png"),
+        mask=encode_image(np.repeat(mask[..., None], 3, axis=2), "png"),
+        request=edit_request(prompt="a green square", strength=1.0, seed=4),
+    )
+    result = edit_one(image_pipes, settings, job)
+    keep = mask < 128
+    assert np.array_equal(result[keep], picture[keep])
+    assert max_step_difference(result[~keep], picture[~keep]) > 10 * ONE_STEP
+
+
+def test_a_mixed_batch_of_generations_and_edits_matches_each_alone(
+    image_pipe, image_pipes, settings, image_request, edit_request
+) -> None:
+    picture = encode_image(red_circle(), "png")
+    other = encode_image(red_circle(96, 64), "webp")
+    mask = encode_image(np.repeat(square_mask()[..., None], 3, axis=2), "png")
+    items = [
+        EditJob(image=picture, request=edit_request(prompt="a blue sky", strength=0.7, seed=1)),
+        image_request(prompt="a red cat", seed=2),
+        EditJob(image=picture, mask=mask, request=edit_request(prompt="a blue sky", strength=0.7, seed=3)),
+        EditJob(image=picture, request=edit_request(prompt="a dark sea", strength=0.7, seed=4)),
+        EditJob(image=other, request=edit_request(prompt="a blue sky", strength=0.7, seed=5)),
+        EditJob(image=picture, request=edit_request(prompt="a blue sky", strength=0.4, seed=6)),
+    ]
+    results = generate_image_work(image_pipes, settings.image.preset, items)
+    for item, pixels in zip(items, results, strict=True):
+        if isinstance(item, EditJob):
+            alone = edit_one(image_pipes, settings, item)
+        else:
+            alone = generate_one(image_pipe, settings, item)
+        assert max_step_difference(pixels, alone) <= ONE_STEP
+    assert max_step_difference(results[0], results[3]) > ONE_STEP  # a neighbour's prompt is its own
+
+
+def test_an_unwanted_edit_is_stopped_and_its_neighbours_are_served(
+    image_pipes, settings, image_request, edit_request
+) -> None:
+    picture = encode_image(red_circle(), "png")
+    items = [
+        image_request(prompt="a cat", seed=1),
+        EditJob(image=picture, request=edit_request(prompt="a cat", seed=1)),
+        EditJob(image=picture, request=edit_request(prompt="a cat", seed=1, num_inference_steps=3)),
+    ]
+    results = generate_image_work(image_pipes, settings.image.preset, items, unwanted=lambda i: i == 1)
+    assert results[1] is None
+    assert results[0].shape == results[2].shape == (64, 64, 3)
+
+
+def test_a_mask_is_white_where_to_repaint() -> None:
+    grey = np.array([[0, 127], [128, 255]], np.uint8)
+    assert repaint_mask(encode_image(np.repeat(grey[..., None], 3, axis=2), "png")).tolist() == [
+        [False, False],
+        [True, True],
+    ]
