@@ -13,6 +13,7 @@ from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 from decoding import read_image, read_video
 from helpers import half_mask
@@ -82,20 +83,28 @@ def test_txt2vid_polls_the_task_and_downloads_a_gif(server, tmp_path):
     assert "txt2vid: completed" in result.stderr
 
 
-@pytest.mark.parametrize(
-    ("command", "output", "mime"),
-    [("img2img", "edit.webp", "image/webp"), ("inpaint", "edit.png", "image/png")],
-)
-def test_editing_an_image_writes_one_of_its_size(server, cat_png, tmp_path, command, output, mime):
+def edit(server: str, image: Path, command: str, output: str, *options: str, cwd: Path) -> np.ndarray:
+    """Run an edit command on `image` with a fixed seed; the pixels it saved, of the image's size."""
+    args = ["--url", server, command, str(image), "a blue cat", "-o", output, *options]
+    result = genserve(*args, "--steps", "2", "--negative", "blur", "--seed", "5", cwd=cwd)
+    assert saved(result, cwd) == (cwd / output, 5)
+    assert f"{command}: done in" in result.stderr
+    mime, pixels = read_image((cwd / output).read_bytes())
+    assert (mime, pixels.shape) == (f"image/{Path(output).suffix[1:]}", (64, 96, 3))
+    return pixels
+
+
+def test_img2img_writes_an_image_of_the_inputs_size(server, cat_png, tmp_path):
+    edit(server, cat_png[0], "img2img", "edit.webp", "--strength", "0.6", cwd=tmp_path)
+
+
+def test_inpaint_repaints_only_the_masked_half(server, cat_png, tmp_path):
     image, _ = cat_png
     (tmp_path / "mask.png").write_bytes(half_mask(96, 64))
-    mask = ["--mask", "mask.png"] if command == "inpaint" else []
-    args = ["--url", server, command, str(image), "a blue cat", *mask, "-o", output, "--strength", "0.6"]
-    result = genserve(*args, "--steps", "2", "--negative", "blur", "--seed", "5", cwd=tmp_path)
-    assert saved(result, tmp_path) == (tmp_path / output, 5)
-    assert f"{command}: done in" in result.stderr
-    got_mime, pixels = read_image((tmp_path / output).read_bytes())
-    assert (got_mime, pixels.shape) == (mime, (64, 96, 3))
+    pixels = edit(server, image, "inpaint", "edit.png", "--mask", "mask.png", "--strength", "1", cwd=tmp_path)
+    original = read_image(image.read_bytes())[1]
+    assert (pixels[:, :48] == original[:, :48]).all()  # black: kept exactly
+    assert (pixels[:, 48:] != original[:, 48:]).any()
 
 
 @pytest.mark.parametrize(
