@@ -12,7 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import numpy as np
 
+from genserve.core.media import encode_image
 from genserve.serving.processes import (
     free_port,
     log_tail,
@@ -61,6 +63,13 @@ def genserve_metric(url: str, name: str, kind: str = "image") -> float:
 def job_status(url: str, task_id: str) -> str:
     """A text-to-video job's status."""
     return httpx.get(f"{url}/txt2vid/status", params={"task_id": task_id}, timeout=10).json()["status"]
+
+
+def half_mask(width: int, height: int) -> bytes:
+    """An inpainting mask as a PNG: its left half black (kept), its right half white (repainted)."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[:, width // 2 :] = 255
+    return encode_image(pixels, "png")
 
 
 def run_script(name: str, timeout: float = 120) -> subprocess.CompletedProcess:

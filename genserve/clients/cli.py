@@ -2,6 +2,8 @@
 
     genserve txt2img "a red cat" -o cat.png --seed 42
     genserve img2vid cat.png -o cat.mp4 --frames 14
+    genserve img2img cat.png "a red cat in the snow" -o snow.png --strength 0.6
+    genserve inpaint cat.png "a hat" --mask hat.png -o hat.png
     genserve txt2vid "a red cat" -o cat.gif
     genserve models
 
@@ -64,11 +66,20 @@ class Option(NamedTuple):
 NEGATIVE = Option("--negative-prompt", "negative_prompt", str, "what to steer away from")
 GUIDANCE = Option("--guidance", "guidance_scale", float, "classifier-free guidance scale")
 SEED = Option("--seed", "seed", int, "random seed (default: the server picks one and reports it)")
+IMAGE_STEPS = Option("--steps", "num_inference_steps", int, "denoising steps")
 IMAGE_OPTIONS = [
     NEGATIVE,
     Option("--width", "width", int, "image width in pixels (a multiple of 16)"),
     Option("--height", "height", int, "image height in pixels (a multiple of 16)"),
-    Option("--steps", "num_inference_steps", int, "denoising steps"),
+    IMAGE_STEPS,
+    GUIDANCE,
+    SEED,
+]
+#: img2img and inpaint: the result has the input's size, so no --width/--height.
+EDIT_OPTIONS = [
+    NEGATIVE,
+    Option("--strength", "strength", float, "how much to change, above 0 up to 1 (1 redraws it all)"),
+    IMAGE_STEPS,
     GUIDANCE,
     SEED,
 ]
@@ -161,7 +172,7 @@ def error_message(response: httpx.Response) -> CLIError:
 
 def option_hint(field: str) -> str:
     """The command-line flag that sets an API field, since error `loc`s use the API's names."""
-    flags = {o.flag for o in IMAGE_OPTIONS + TEXT_TO_VIDEO_OPTIONS if o.field == field}
+    flags = {o.flag for o in IMAGE_OPTIONS + EDIT_OPTIONS + TEXT_TO_VIDEO_OPTIONS if o.field == field}
     return f" ({', '.join(sorted(flags))})" if flags else ""
 
 
@@ -250,16 +261,31 @@ def txt2img(client: Client, args: argparse.Namespace) -> None:
     save(run_sync(client, "txt2img", "POST", "/txt2img", json=body), args.output)
 
 
+def post_form(client: Client, args: argparse.Namespace, files: dict[str, Path], form: dict[str, Any]) -> None:
+    """POST `files` and `form` as multipart to the endpoint named like the command, and save the result."""
+    uploads = {}
+    for name, path in files.items():
+        try:
+            uploads[name] = (path.name, path.read_bytes(), "application/octet-stream")
+        except OSError as error:
+            raise CLIError(f"cannot read {path}: {error.strerror}", code=2) from None
+    data = {name: str(value) for name, value in form.items()}
+    response = run_sync(client, args.command, "POST", f"/{args.command}", data=data, files=uploads)
+    save(response, args.output)
+
+
 def img2vid(client: Client, args: argparse.Namespace) -> None:
-    try:
-        image = args.image.read_bytes()
-    except OSError as error:
-        raise CLIError(f"cannot read {args.image}: {error.strerror}", code=2) from None
     form = request_fields(args, VIDEO_OPTIONS)
     form["output_format"] = output_format(args, "video", VIDEO_FORMATS)
-    files = {"image": (args.image.name, image, "application/octet-stream")}
-    data = {name: str(value) for name, value in form.items()}
-    save(run_sync(client, "img2vid", "POST", "/img2vid", data=data, files=files), args.output)
+    post_form(client, args, {"image": args.image}, form)
+
+
+def edit_image(client: Client, args: argparse.Namespace) -> None:
+    """img2img, or inpaint: the same form, with the mask as one more file."""
+    form = {"prompt": args.prompt, **request_fields(args, EDIT_OPTIONS)}
+    form["output_format"] = output_format(args, "image", IMAGE_FORMATS)
+    files = {"image": args.image} | ({"mask": args.mask} if args.command == "inpaint" else {})
+    post_form(client, args, files, form)
 
 
 def txt2vid(client: Client, args: argparse.Namespace) -> None:
@@ -358,6 +384,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("img2vid", img2vid, "animate a PNG/JPEG/WebP image", VIDEO_FORMATS)
     sub.add_argument("image", type=Path, help="the image to animate")
     add_options(sub, VIDEO_OPTIONS)
+
+    edits = {"img2img": "change an image as a prompt says", "inpaint": "repaint the masked part of an image"}
+    for name, help in edits.items():
+        sub = command(name, edit_image, help, IMAGE_FORMATS)
+        sub.add_argument("image", type=Path, help="the PNG/JPEG/WebP image to start from")
+        sub.add_argument("prompt", help="what the result should show")
+        if name == "inpaint":
+            mask_help = "an image of the same size: white is repainted, black kept"
+            sub.add_argument("--mask", type=Path, required=True, help=mask_help)
+        add_options(sub, EDIT_OPTIONS)
 
     sub = command("txt2vid", txt2vid, "generate a video from a prompt (a background job)", VIDEO_FORMATS)
     sub.add_argument("prompt", help="what to generate")

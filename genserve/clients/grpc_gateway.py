@@ -25,6 +25,7 @@ import os
 import signal
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -168,7 +169,11 @@ class Gateway:
 
     def handler(self) -> grpc.GenericRpcHandler:
         service = self.contract.services_by_name[SERVICE]
-        methods = {"GenerateImage": self.generate_image, "GenerateVideo": self.generate_video}
+        methods = {
+            "GenerateImage": self.generate_image,
+            "EditImage": self.edit_image,
+            "GenerateVideo": self.generate_video,
+        }
         handlers = {}
         for name, method in methods.items():
             request = message_factory.GetMessageClass(service.methods_by_name[name].input_type)
@@ -207,15 +212,38 @@ class Gateway:
         finally:
             await client.close()
 
+    async def _png_reply(
+        self,
+        context: grpc.aio.ServicerContext,
+        call: Callable[[bentoml.AsyncHTTPClient], Awaitable[bytes]],
+        seed: int,
+    ) -> Message:
+        """Forward `call`, whose result is a PNG, and reply with it in base64 and its seed."""
+        data = await self._forward(context, call)
+        return self.ImageResponse(image_data=base64.b64encode(data).decode("ascii"), seed=seed)
+
     async def generate_image(self, request: Message, context: grpc.aio.ServicerContext) -> Message:
-        fields = {"prompt": request.prompt, **fields_of(request)}  # an empty one is the service's to name
-        fields.setdefault("seed", random_seed())  # chosen here, so the reply can report it
+        fields = image_fields(request)
 
         async def call(client: bentoml.AsyncHTTPClient) -> bytes:
             return await result(await client.txt2img(**fields, output_format="png"))
 
-        data = await self._forward(context, call)
-        return self.ImageResponse(image_data=base64.b64encode(data).decode("ascii"), seed=fields["seed"])
+        return await self._png_reply(context, call, fields["seed"])
+
+    async def edit_image(self, request: Message, context: grpc.aio.ServicerContext) -> Message:
+        """Image to image, or inpainting when a mask is set: the same fields, one more file."""
+        fields = image_fields(request)
+        files = {name: fields.pop(name) for name in ("image", "mask") if name in fields}
+        if "image" not in files:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "image: an image file is required")
+
+        async def call(client: bentoml.AsyncHTTPClient) -> bytes:
+            with ExitStack() as stack:
+                paths = {name: stack.enter_context(upload(data, name)) for name, data in files.items()}
+                edit = client.inpaint if "mask" in paths else client.img2img
+                return await result(await edit(**paths, **fields, output_format="png"))
+
+        return await self._png_reply(context, call, fields["seed"])
 
     async def generate_video(self, request: Message, context: grpc.aio.ServicerContext) -> Message:
         fields = fields_of(request)
@@ -244,6 +272,14 @@ class Gateway:
 def fields_of(request: Message) -> dict[str, Any]:
     """The fields the caller set: unset ones are left to the service's preset defaults."""
     return {field.name: value for field, value in request.ListFields()}
+
+
+def image_fields(request: Message) -> dict[str, Any]:
+    """An image request's fields, the prompt always (an empty one is the service's to name) and
+    the seed chosen here if unset, so that the reply can report it."""
+    fields = {"prompt": request.prompt, **fields_of(request)}
+    fields.setdefault("seed", random_seed())
+    return fields
 
 
 async def report_health(servicer: health.aio.HealthServicer, names: tuple[str, ...], url: str) -> None:

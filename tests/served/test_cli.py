@@ -8,11 +8,15 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
-from decoding import read_video
+from decoding import read_image, read_video
+from helpers import half_mask
 from PIL import Image
 
 from genserve.serving.processes import free_port
@@ -79,6 +83,62 @@ def test_txt2vid_polls_the_task_and_downloads_a_gif(server, tmp_path):
     assert "txt2vid: completed" in result.stderr
 
 
+def edit(server: str, image: Path, command: str, output: str, *options: str, cwd: Path) -> np.ndarray:
+    """Run an edit command on `image` with a fixed seed; the pixels it saved, of the image's size."""
+    args = ["--url", server, command, str(image), "a blue cat", "-o", output, *options]
+    result = genserve(*args, "--steps", "2", "--negative", "blur", "--seed", "5", cwd=cwd)
+    assert saved(result, cwd) == (cwd / output, 5)
+    assert f"{command}: done in" in result.stderr
+    mime, pixels = read_image((cwd / output).read_bytes())
+    assert (mime, pixels.shape) == (f"image/{Path(output).suffix[1:]}", (64, 96, 3))
+    return pixels
+
+
+def test_img2img_writes_an_image_of_the_inputs_size(server, cat_png, tmp_path):
+    edit(server, cat_png[0], "img2img", "edit.webp", "--strength", "0.6", cwd=tmp_path)
+
+
+def test_inpaint_repaints_only_the_masked_half(server, cat_png, tmp_path):
+    image, _ = cat_png
+    (tmp_path / "mask.png").write_bytes(half_mask(96, 64))
+    pixels = edit(server, image, "inpaint", "edit.png", "--mask", "mask.png", "--strength", "1", cwd=tmp_path)
+    original = read_image(image.read_bytes())[1]
+    assert (pixels[:, :48] == original[:, :48]).all()  # black: kept exactly
+    assert (pixels[:, 48:] != original[:, 48:]).any()
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (["img2img", "--strength", "0"], "strength (--strength)"),
+        (["inpaint", "--mask", "small.png"], "mask"),  # not the image's size
+        (["inpaint", "--mask", "notes.txt"], "mask"),  # not an image
+    ],
+)
+def test_a_refused_edit_exits_2_naming_the_field(server, cat_png, tmp_path, options, named):
+    (tmp_path / "small.png").write_bytes(half_mask(64, 64))
+    (tmp_path / "notes.txt").write_text("not an image")
+    command, *rest = options
+    result = genserve(
+        "--url", server, command, str(cat_png[0]), "a blue cat", "-o", "edit.png", *rest, cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert re.search(rf"^  {re.escape(named)}: \S", result.stderr, re.MULTILINE), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "edit.png").exists()
+
+
+def test_inpaint_needs_a_mask_and_a_readable_one(tmp_path):
+    args = ["--url", "http://127.0.0.1:1", "inpaint", "cat.png", "a hat", "-o", "hat.png"]
+    result = genserve(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--mask" in result.stderr
+    (tmp_path / "cat.png").write_bytes(half_mask(96, 64))
+    result = genserve(*args, "--mask", "missing.png", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "cannot read missing.png" in result.stderr
+
+
 def test_an_invalid_value_exits_2_naming_the_field(server, tmp_path):
     args = ["--url", server, "txt2img", "a red cat", "-o", "cat.png", "--width", "100"]
     result = genserve(*args, cwd=tmp_path)
@@ -105,11 +165,10 @@ def test_an_unknown_output_extension_needs_format(tmp_path):
 class Busy(BaseHTTPRequestHandler):
     """A server that records each request and answers 429 like genserve's busy generators."""
 
-    seen: list[tuple[dict, dict]] = []
+    seen: list[tuple[dict, bytes]] = []
 
     def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.seen.append((dict(self.headers), body))
+        self.seen.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
         answer = json.dumps({"error": "generators are busy or loading; retry later"}).encode()
         self.send_response(429)
         self.send_header("Content-Type", "application/json")
@@ -122,19 +181,58 @@ class Busy(BaseHTTPRequestHandler):
         pass
 
 
-def test_env_defaults_api_key_only_given_fields_and_busy(tmp_path):
-    """What the tiny server cannot show: the Bearer key, the env defaults, and a 429 with Retry-After."""
+@pytest.fixture
+def busy() -> Iterator[str]:
+    """A Busy server with nothing seen yet; yields its URL."""
+    Busy.seen.clear()
     stub = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
     threading.Thread(target=stub.serve_forever, daemon=True).start()
     try:
-        env = {"GENSERVE_URL": f"http://127.0.0.1:{stub.server_port}", "GENSERVE_API_KEY": "s3cret"}
-        result = genserve("txt2img", "a red cat", "-o", "cat.webp", "--seed", "1", cwd=tmp_path, env=env)
+        yield f"http://127.0.0.1:{stub.server_port}"
     finally:
         stub.shutdown()
         stub.server_close()
+
+
+def test_env_defaults_api_key_only_given_fields_and_busy(busy, tmp_path):
+    """What the tiny server cannot show: the Bearer key, the env defaults, and a 429 with Retry-After."""
+    env = {"GENSERVE_URL": busy, "GENSERVE_API_KEY": "s3cret"}
+    result = genserve("txt2img", "a red cat", "-o", "cat.webp", "--seed", "1", cwd=tmp_path, env=env)
     [(headers, body)] = Busy.seen
     assert headers["Authorization"] == "Bearer s3cret"
-    assert body == {"prompt": "a red cat", "seed": 1, "output_format": "webp"}
+    assert json.loads(body) == {"prompt": "a red cat", "seed": 1, "output_format": "webp"}
     assert result.returncode == 1  # busy is not the request's fault: retrying may work
     assert "generators are busy" in result.stderr
     assert "retry after 5 s" in result.stderr
+
+
+def test_inpaint_sends_both_files_and_only_the_given_fields(busy, tmp_path):
+    (tmp_path / "cat.png").write_bytes(b"the image")
+    (tmp_path / "hat.png").write_bytes(b"the mask")
+    args = [
+        "--url",
+        busy,
+        "inpaint",
+        "cat.png",
+        "a hat",
+        "--mask",
+        "hat.png",
+        "-o",
+        "out.jpg",
+        "--strength",
+        "0.5",
+    ]
+    assert genserve(*args, cwd=tmp_path).returncode == 1
+    [(headers, body)] = Busy.seen
+    form = BytesParser().parsebytes(f"Content-Type: {headers['Content-Type']}\r\n\r\n".encode() + body)
+    parts = {
+        part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+        for part in form.get_payload()
+    }
+    assert parts == {
+        "prompt": b"a hat",
+        "strength": b"0.5",
+        "output_format": b"jpeg",
+        "image": b"the image",
+        "mask": b"the mask",
+    }

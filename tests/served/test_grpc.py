@@ -21,7 +21,7 @@ from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.descriptor import FieldDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from helpers import ENV_KEYS, ROOT
+from helpers import ENV_KEYS, ROOT, half_mask
 
 from genserve.clients.grpc_gateway import DEFAULT_MAX_MESSAGE_MB, MIB, grpc_error, load_contract
 from genserve.core.media import encode_image
@@ -29,6 +29,9 @@ from genserve.core.schemas import MAX_SEED
 from genserve.serving.processes import free_port, log_tail, start_process, stop_process_tree
 
 TIMEOUT = 120
+#: An image to edit (96x64) and an inpainting mask of its size: keep the left half, repaint the right.
+STILL = encode_image(np.full((64, 96, 3), (200, 30, 30), np.uint8), "png")
+MASK = half_mask(96, 64)
 #: What a client must allow itself to receive: the gateway's default limit.
 CLIENT_OPTIONS = [("grpc.max_receive_message_length", DEFAULT_MAX_MESSAGE_MB * MIB)]
 
@@ -89,6 +92,10 @@ def png_pixels(reply) -> np.ndarray:
     return pixels
 
 
+#: Each method's request message.
+REQUESTS = {"GenerateImage": "ImageRequest", "EditImage": "EditImageRequest", "GenerateVideo": "VideoRequest"}
+
+
 def test_the_original_request_gets_a_base64_png_and_its_seed(stub, pb, settings) -> None:
     reply = stub.GenerateImage(pb.ImageRequest(prompt="a cat flying through space"), timeout=TIMEOUT)
     preset = settings.image.preset
@@ -106,6 +113,20 @@ def test_optional_fields_reach_the_service(stub, pb, server) -> None:
     pixels = png_pixels(reply)
     assert pixels.shape == (64, 128, 3)
     assert np.abs(pixels.astype(int) - over_http.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("endpoint", ["img2img", "inpaint"])
+def test_edit_image_without_and_with_a_mask(stub, pb, server, endpoint) -> None:
+    """The reply is the service's own answer to the same request: strength and the mask reach it."""
+    files = {"image": STILL} | ({"mask": MASK} if endpoint == "inpaint" else {})
+    fields = {"prompt": "a blue square", "strength": 0.7, "num_inference_steps": 2, "seed": 9}
+    reply = stub.EditImage(pb.EditImageRequest(**files, **fields), timeout=TIMEOUT)
+    assert reply.seed == 9
+    pixels = png_pixels(reply)
+    assert pixels.shape == (64, 96, 3)
+    form = {name: str(value) for name, value in fields.items()}
+    over_http = httpx.post(f"{server}/{endpoint}", data=form, files=files, timeout=TIMEOUT)
+    assert np.abs(pixels.astype(int) - read_image(over_http.content)[1].astype(int)).max() <= 1
 
 
 @pytest.mark.slow
@@ -137,10 +158,15 @@ def test_generate_video_from_an_image_and_from_a_prompt(stub, pb, settings) -> N
         ("GenerateVideo", {"image": b"not an image"}, "image"),
         ("GenerateVideo", {"image": b"\0" * (5 * MIB)}, "image"),  # over gRPC's usual 4 MiB: it arrives
         ("GenerateVideo", {"image": b"\0" * 64, "negative_prompt": "blur"}, "negative_prompt"),
+        ("EditImage", {"image": STILL, "prompt": "a cat", "strength": 0.0}, "strength"),
+        ("EditImage", {"image": STILL, "prompt": "a cat", "strength": 1.5}, "strength"),
+        ("EditImage", {"image": STILL, "prompt": "a cat", "mask": b"not an image"}, "mask"),
+        ("EditImage", {"image": STILL}, "prompt"),
+        ("EditImage", {"prompt": "a cat"}, "image"),
     ],
 )
 def test_bad_input_is_invalid_argument_naming_the_field(stub, pb, method, fields, named) -> None:
-    request = (pb.ImageRequest if method == "GenerateImage" else pb.VideoRequest)(**fields)
+    request = getattr(pb, REQUESTS[method])(**fields)
     with pytest.raises(grpc.RpcError) as raised:
         getattr(stub, method)(request, timeout=TIMEOUT)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
