@@ -1,9 +1,11 @@
 """genserve's BentoML services: a table of contents.
 
 - `ImageGenerator` and `VideoGenerator` (GPU): each loads its pipeline once and exposes one
-  batchable method; BentoML's adaptive batching merges concurrent requests into batches,
-  greedily: a batch starts whenever the generator is free (`genserve/serving/batching.py`).
-- `GenServe` (CPU): the public HTTP API. It validates, calls the generators through
+  batchable method (the image generator's also edits images, on the same weights); BentoML's
+  adaptive batching merges concurrent requests into batches, greedily: a batch starts whenever
+  the generator is free (`genserve/serving/batching.py`).
+- `GenServe` (CPU): the public HTTP API: text to image, image editing (img2img, inpaint), image
+  to video, text to video as a job. It validates, calls the generators through
   `bentoml.depends`, and encodes the results.
 
 Serve it with `bentoml serve service.py` (or `make serve`); settings are environment
@@ -30,9 +32,13 @@ from genserve.core.media import encode_image, encode_video
 from genserve.core.presets import MAX_BODY_BYTES
 from genserve.core.protocol import IMAGE_FORMATS, VIDEO_FORMATS
 from genserve.core.schemas import (
+    EditJob,
+    EditRequest,
     ImageRequest,
     VideoJob,
     VideoRequest,
+    edit_request_model,
+    generation_parameters,
     image_request_model,
     text_to_video_request_model,
     video_request_model,
@@ -56,7 +62,7 @@ from genserve.serving.jobs import fail_orphaned_jobs
 from genserve.serving.openai_api import PREFIX as OPENAI_PREFIX
 from genserve.serving.openai_api import openai_app
 from genserve.serving.timeout import cancel_timers_when_done
-from genserve.serving.uploads import UploadError, check_image_upload
+from genserve.serving.uploads import UploadError, check_edit, check_image_upload
 from genserve.serving.workers import (
     BackgroundLoad,
     Cancellations,
@@ -64,7 +70,7 @@ from genserve.serving.workers import (
     Queued,
     label_answers_json,
     run_batch,
-    warmed_image_pipeline,
+    warmed_image_pipelines,
     warmed_video_pipeline,
 )
 
@@ -84,6 +90,19 @@ ImageToVideo = create_model(
     image=(Path, ...),
 )
 TextToVideo = text_to_video_request_model(settings.image.preset, settings.video.preset)
+EditParameters = edit_request_model(settings.image.preset)
+ImageToImage = create_model(
+    "ImageToImage",
+    __base__=EditParameters,
+    __doc__="Image to image: the image file, plus the edit's parameters as form fields.",
+    image=(Path, ...),
+)
+Inpaint = create_model(
+    "Inpaint",
+    __base__=ImageToImage,
+    __doc__="Inpainting: the image file and its mask (white: repaint), plus the edit's parameters.",
+    mask=(Path, ...),
+)
 ImageFile = Annotated[Path, ContentType("image/*")]
 VideoFile = Annotated[Path, ContentType("video/*")]
 
@@ -129,16 +148,16 @@ def generator_service(generator: GeneratorSettings) -> dict:
 
 @bentoml.service(**generator_service(settings.image))
 class ImageGenerator(Generator):
-    """Text to image with the image preset's pipeline."""
+    """Text to image and image editing with the image preset's weights."""
 
     def __init__(self) -> None:
-        super().__init__("image", lambda: warmed_image_pipeline(settings))
+        super().__init__("image", lambda: warmed_image_pipelines(settings))
 
     @bentoml.api(**settings.image.batching())
-    async def generate(self, batch: list[Queued[ImageRequest]]) -> list[Outcome]:
-        from genserve.core.generation import generate_images  # torch: in the generator processes only
+    async def generate(self, batch: list[Queued[ImageRequest | EditJob]]) -> list[Outcome]:
+        from genserve.core.generation import generate_image_work  # torch: in the generator processes only
 
-        return await self.run_in_thread(batch, generate_images, settings.image.preset)
+        return await self.run_in_thread(batch, generate_image_work, settings.image.preset)
 
 
 @bentoml.service(**generator_service(settings.video))
@@ -187,6 +206,16 @@ class GenServe:
         """Generate an image from a prompt. Returns the image file; the seed is in `X-Seed`."""
         return answer(ctx, await self._image(TextToImage(**fields), ctx.request))
 
+    @bentoml.api(route="/img2img", input_spec=ImageToImage)
+    async def img2img(self, ctx: bentoml.Context, image: Path, **fields: Any) -> ImageFile:
+        """Edit an uploaded image as the prompt says: an image of its size; the seed is in `X-Seed`."""
+        return answer(ctx, await self._edit(image, None, EditParameters(**fields), ctx.request))
+
+    @bentoml.api(route="/inpaint", input_spec=Inpaint)
+    async def inpaint(self, ctx: bentoml.Context, image: Path, mask: Path, **fields: Any) -> ImageFile:
+        """Repaint the white part of `mask` as the prompt says; the rest of the image is kept exactly."""
+        return answer(ctx, await self._edit(image, mask, EditParameters(**fields), ctx.request))
+
     @bentoml.api(route="/img2vid", input_spec=ImageToVideo)
     async def img2vid(self, ctx: bentoml.Context, image: Path, **fields: Any) -> VideoFile:
         """Animate an uploaded PNG/JPEG/WebP image. Returns the video file; the seed is in `X-Seed`."""
@@ -207,12 +236,30 @@ class GenServe:
         return await self._video(still.body, request.video_request(), wait_if_busy=True)
 
     async def _image(self, request: ImageRequest, client: Request | None = None, **options: Any) -> Response:
+        return await self._generate_image(request, request, client, **options)
+
+    async def _edit(self, image: Path, mask: Path | None, request: EditRequest, client: Request) -> Response:
+        try:
+            job = check_edit(image.read_bytes(), mask and mask.read_bytes(), request, settings.image.preset)
+        except UploadError as error:
+            return error_response(error.status, str(error), error.field)
+        return await self._generate_image(job, request, client)
+
+    async def _generate_image(
+        self,
+        item: ImageRequest | EditJob,
+        request: ImageRequest | EditRequest,
+        client: Request | None = None,
+        **options: Any,
+    ) -> Response:
         timeout = settings.request_timeout_s
-        outcome = await dispatch(self.images, self.image_queue, request, timeout, client, **options)
+        outcome = await dispatch(self.images, self.image_queue, item, timeout, client, **options)
         if outcome.error is not None:
             return failure(outcome)
         fmt = request.output_format
-        data = await asyncio.to_thread(encode_image, outcome.value, fmt)
+        data = await asyncio.to_thread(
+            encode_image, outcome.value, fmt, png_parameters(request, outcome.value)
+        )
         return media_response(data, IMAGE_FORMATS[fmt], request.seed, fmt)
 
     async def _video(
@@ -226,6 +273,14 @@ class GenServe:
         fmt = request.output_format
         data = await asyncio.to_thread(encode_video, outcome.value, request.fps, fmt)
         return media_response(data, VIDEO_FORMATS[fmt], request.seed, fmt)
+
+
+def png_parameters(request: ImageRequest | EditRequest, pixels: Any) -> str | None:
+    """What a PNG result says of how it was made, unless GENSERVE_PNG_PARAMETERS=0."""
+    if not settings.png_parameters:
+        return None
+    height, width, _ = pixels.shape
+    return generation_parameters(request, settings.image.preset.name, width, height)
 
 
 def failure(outcome: Outcome) -> Response:
@@ -254,6 +309,11 @@ GenServe.add_asgi_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 GenServe.add_asgi_middleware(JSONNotFound)
 SUBMIT_PATH = "/txt2vid/submit"  # BentoML's task route of txt2vid
 ENDPOINTS = frozenset(api.route for api in GenServe.apis.values()) | {SUBMIT_PATH}
-GenServe.add_asgi_middleware(ValidateForm, paths=ENDPOINTS, file_fields={"/img2vid": frozenset({"image"})})
+FILE_FIELDS = {
+    "/img2vid": frozenset({"image"}),
+    "/img2img": frozenset({"image"}),
+    "/inpaint": frozenset({"image", "mask"}),
+}
+GenServe.add_asgi_middleware(ValidateForm, paths=ENDPOINTS, file_fields=FILE_FIELDS)
 GenServe.add_asgi_middleware(JSONDocument, path="/models", document=MODELS_INFO)
 GenServe.add_asgi_middleware(ValidateJSONBody, path=SUBMIT_PATH, model=TextToVideo)

@@ -86,10 +86,10 @@ def _bare(workload: Workload, batch: int) -> None:
     import os
 
     from genserve.core.settings import Settings
-    from genserve.serving.workers import warmed_image_pipeline, warmed_video_pipeline
+    from genserve.serving.workers import warmed_image_pipelines, warmed_video_pipeline
 
     settings = Settings.from_env()
-    images = InProcess(workload, warmed_image_pipeline(settings))
+    images = InProcess(workload, warmed_image_pipelines(settings).text_to_image)
     warmed_video_pipeline(settings)
     print("loaded", flush=True)
     images.generate(range(batch))

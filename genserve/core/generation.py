@@ -12,16 +12,24 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline, StableDiffusion3Pipeline, StableVideoDiffusionPipeline
+from diffusers import (
+    DiffusionPipeline,
+    StableDiffusion3Img2ImgPipeline,
+    StableDiffusion3InpaintPipeline,
+    StableDiffusion3Pipeline,
+    StableVideoDiffusionPipeline,
+)
 from PIL import Image, ImageOps
 
 from genserve.core.media import decode_image
 from genserve.core.presets import ImagePreset, VideoPreset
-from genserve.core.schemas import ImageRequest, VideoJob
+from genserve.core.schemas import EditJob, ImageRequest, VideoJob
 
 T = TypeVar("T")
 
@@ -51,10 +59,17 @@ def _stop_callback(indices: Sequence[int], unwanted: StopCheck | None) -> Callab
     return callback
 
 
-def _clean_up_after_stop(pipe: DiffusionPipeline) -> None:
-    """What a pipeline call does last, skipped when GroupStopped leaves it: offloaded models
-    (GENSERVE_CPU_OFFLOAD) go back to the CPU instead of holding the GPU's memory."""
-    pipe.maybe_free_model_hooks()
+def _run_pipeline(pipe: DiffusionPipeline, indices: Sequence[int], unwanted: StopCheck | None, **arguments):
+    """One pipeline call for the group of requests `indices`; None if it was abandoned.
+
+    An abandoned call skips what the pipeline does last, so that is done here: offloaded models
+    (GENSERVE_CPU_OFFLOAD) go back to the CPU instead of holding the GPU's memory.
+    """
+    try:
+        return pipe(**arguments, callback_on_step_end=_stop_callback(indices, unwanted))
+    except GroupStopped:
+        pipe.maybe_free_model_hooks()
+        return None
 
 
 def group_compatible(items: Sequence[T], key: Callable[[T], Hashable]) -> list[list[int]]:
@@ -93,25 +108,143 @@ def generate_images(
     for indices in group_compatible(requests, _image_batch_key):
         group = [requests[i] for i in indices]
         first = group[0]
-        try:
-            images = pipe(
-                prompt=[r.prompt for r in group],
-                negative_prompt=[r.negative_prompt for r in group],
-                width=first.width,
-                height=first.height,
-                num_inference_steps=first.num_inference_steps,
-                guidance_scale=first.guidance_scale,
-                max_sequence_length=preset.max_sequence_length,
-                generator=_generators([r.seed for r in group]),
-                output_type="np",
-                callback_on_step_end=_stop_callback(indices, unwanted),
-            ).images
-        except GroupStopped:
-            _clean_up_after_stop(pipe)
+        output = _run_pipeline(
+            pipe,
+            indices,
+            unwanted,
+            prompt=[r.prompt for r in group],
+            negative_prompt=[r.negative_prompt for r in group],
+            width=first.width,
+            height=first.height,
+            num_inference_steps=first.num_inference_steps,
+            guidance_scale=first.guidance_scale,
+            max_sequence_length=preset.max_sequence_length,
+            generator=_generators([r.seed for r in group]),
+            output_type="np",
+        )
+        if output is not None:
+            for index, pixels in zip(indices, _to_uint8(output.images), strict=True):
+                results[index] = pixels
+    return results
+
+
+@dataclass(frozen=True)
+class ImagePipelines:
+    """The image generator's pipelines on one set of weights: the editing ones are built from the
+    loaded text-to-image pipeline (`from_pipe`) and share its modules, so memory does not grow.
+
+    With GENSERVE_CPU_OFFLOAD they run with the offload hooks text to image installed on the
+    shared modules (diffusers installs hooks per module, in an order that editing keeps).
+    """
+
+    text_to_image: StableDiffusion3Pipeline
+    image_to_image: StableDiffusion3Img2ImgPipeline
+    inpaint: StableDiffusion3InpaintPipeline
+
+    @classmethod
+    def sharing(cls, pipe: StableDiffusion3Pipeline) -> ImagePipelines:
+        # `dtype`: from_pipe converts the shared modules to float32 unless told otherwise.
+        editors = [
+            editor.from_pipe(pipe, dtype=pipe.dtype)
+            for editor in (StableDiffusion3Img2ImgPipeline, StableDiffusion3InpaintPipeline)
+        ]
+        for editor in editors:
+            editor.set_progress_bar_config(disable=True)  # as loading.py does for text to image
+        return cls(pipe, *editors)
+
+
+def _edit_batch_key(job: EditJob) -> Hashable:
+    r = job.request
+    size = decode_image(job.image).size  # the header only
+    return (job.kind, size, r.num_inference_steps, r.guidance_scale, r.strength)
+
+
+def repaint_mask(mask: bytes) -> np.ndarray:
+    """Where to repaint, as booleans: white (at least half grey), as diffusers binarises masks."""
+    return np.asarray(decode_image(mask).convert("L")) >= 128
+
+
+def generate_edits(
+    pipes: ImagePipelines,
+    preset: ImagePreset,
+    jobs: Sequence[EditJob],
+    unwanted: StopCheck | None = None,
+) -> list[np.ndarray | None]:
+    """Image to image and inpainting for a batch of jobs, one pipeline call per compatible group.
+
+    Results have their input's size, as in `generate_images`. An inpainted result keeps the
+    input's pixels outside its mask exactly: the pipeline repaints in latent space, whose 8x8
+    blocks and VAE round trip would otherwise change a little of what the mask keeps.
+    """
+    results: list[np.ndarray | None] = [None] * len(jobs)
+    for indices in group_compatible(jobs, _edit_batch_key):
+        group = [jobs[i] for i in indices]
+        first = group[0].request
+        images = [decode_image(job.image).convert("RGB") for job in group]
+        width, height = images[0].size
+        masks = [repaint_mask(job.mask) for job in group if job.mask is not None]
+        if masks:
+            pipe, extra = pipes.inpaint, {"mask_image": [Image.fromarray(mask) for mask in masks]}
+        else:
+            pipe, extra = pipes.image_to_image, {}
+        output = _run_pipeline(
+            pipe,
+            indices,
+            unwanted,
+            prompt=[job.request.prompt for job in group],
+            negative_prompt=[job.request.negative_prompt for job in group],
+            image=images,
+            strength=first.strength,
+            width=width,
+            height=height,
+            num_inference_steps=first.num_inference_steps,
+            guidance_scale=first.guidance_scale,
+            max_sequence_length=preset.max_sequence_length,
+            generator=_generators([job.request.seed for job in group]),
+            output_type="np",
+            **extra,
+        )
+        if output is None:
             continue
-        for index, pixels in zip(indices, _to_uint8(images), strict=True):
+        edited = _to_uint8(output.images)
+        if masks:
+            edited = [
+                np.where(mask[..., None], pixels, np.asarray(image))
+                for mask, pixels, image in zip(masks, edited, images, strict=True)
+            ]
+        for index, pixels in zip(indices, edited, strict=True):
             results[index] = pixels
     return results
+
+
+def generate_image_work(
+    pipes: ImagePipelines,
+    preset: ImagePreset,
+    items: Sequence[ImageRequest | EditJob],
+    unwanted: StopCheck | None = None,
+) -> list[np.ndarray | None]:
+    """What the image generator runs: a batch of text-to-image requests and edits, each kind
+    in its own pipeline calls; results in the batch's order."""
+    results: list[np.ndarray | None] = [None] * len(items)
+    texts = [i for i, item in enumerate(items) if isinstance(item, ImageRequest)]
+    edits = [i for i, item in enumerate(items) if isinstance(item, EditJob)]
+    for indices, generate in (
+        (texts, partial(generate_images, pipes.text_to_image)),
+        (edits, partial(generate_edits, pipes)),
+    ):
+        if not indices:
+            continue
+        part_unwanted = None if unwanted is None else partial(_unwanted_in, indices, unwanted)
+        for index, pixels in zip(
+            indices, generate(preset, [items[i] for i in indices], part_unwanted), strict=True
+        ):
+            results[index] = pixels
+    return results
+
+
+def _unwanted_in(indices: Sequence[int], unwanted: StopCheck, index: int) -> bool:
+    """`unwanted` of a part of a batch: its `index` is the part's, `indices` map it to the batch's."""
+    return unwanted(indices[index])
 
 
 def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -139,26 +272,26 @@ def generate_videos(
     for indices in group_compatible(jobs, _video_batch_key):
         group = [jobs[i] for i in indices]
         first = group[0].request
-        try:
-            latents = pipe(
-                image=[fit_image(decode_image(job.image), preset.width, preset.height) for job in group],
-                width=preset.width,
-                height=preset.height,
-                num_frames=first.num_frames,
-                num_inference_steps=first.num_inference_steps,
-                min_guidance_scale=preset.min_guidance_scale,
-                max_guidance_scale=preset.max_guidance_scale,
-                fps=first.fps,
-                motion_bucket_id=first.motion_bucket_id,
-                noise_aug_strength=first.noise_aug_strength,
-                generator=_generators([job.request.seed for job in group]),
-                output_type="latent",
-                callback_on_step_end=_stop_callback(indices, unwanted),
-            ).frames
-        except GroupStopped:
-            _clean_up_after_stop(pipe)
+        output = _run_pipeline(
+            pipe,
+            indices,
+            unwanted,
+            image=[fit_image(decode_image(job.image), preset.width, preset.height) for job in group],
+            width=preset.width,
+            height=preset.height,
+            num_frames=first.num_frames,
+            num_inference_steps=first.num_inference_steps,
+            min_guidance_scale=preset.min_guidance_scale,
+            max_guidance_scale=preset.max_guidance_scale,
+            fps=first.fps,
+            motion_bucket_id=first.motion_bucket_id,
+            noise_aug_strength=first.noise_aug_strength,
+            generator=_generators([job.request.seed for job in group]),
+            output_type="latent",
+        )
+        if output is None:
             continue
-        for index, video_latents in zip(indices, latents, strict=True):
+        for index, video_latents in zip(indices, output.frames, strict=True):
             results[index] = _decode_video(pipe, video_latents, first.num_frames, preset.decode_chunk_size)
     return results
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import imageio_ffmpeg
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from genserve.core.protocol import IMAGE_FORMATS, VIDEO_FORMATS
 
@@ -39,12 +39,23 @@ def _check_rgb(array: np.ndarray, ndim: int) -> None:
         raise ValueError(f"expected uint8 RGB array with {ndim} dims, got {shape}")
 
 
-def encode_image(image: np.ndarray, fmt: str) -> bytes:
-    """Encode a (H, W, 3) uint8 RGB array as png, jpeg or webp."""
+#: The PNG text chunk that says how an image was made, as AUTOMATIC1111 writes it: the tools that
+#: show or reuse "PNG info" read it.
+PARAMETERS_CHUNK = "parameters"
+
+
+def encode_image(image: np.ndarray, fmt: str, parameters: str | None = None) -> bytes:
+    """Encode a (H, W, 3) uint8 RGB array as png, jpeg or webp; a PNG gets `parameters` as its
+    PARAMETERS_CHUNK text, when given."""
     _check_format(fmt, IMAGE_FORMATS)
     _check_rgb(image, ndim=3)
+    extra: dict[str, object] = {}
+    if parameters is not None and fmt == "png":
+        info = PngImagePlugin.PngInfo()
+        info.add_text(PARAMETERS_CHUNK, parameters)  # iTXt when it is not Latin-1
+        extra["pnginfo"] = info
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, **_IMAGE_SAVE_ARGS[fmt])
+    Image.fromarray(image).save(buf, **_IMAGE_SAVE_ARGS[fmt], **extra)
     return buf.getvalue()
 
 

@@ -57,6 +57,8 @@ class ImagePreset:
     max_sequence_length: int  # T5 tokens
     batching: Batching
     max_guidance: float = 20.0
+    #: Image to image and inpainting: how far a result may depart from its input (diffusers' default).
+    default_strength: float = 0.6
     gated: bool = False
     cpu_threads: int = 0  # torch threads per generator worker on a CPU; 0: torch's default (all cores)
     embedded: bool = False  # built or trained by genserve, small enough for a CPU

@@ -101,6 +101,19 @@ class TextToVideoRequest(VideoRequest):
         return VideoRequest(**self.model_dump(include=set(VideoRequest.model_fields)))
 
 
+class EditRequest(Strict):
+    """Image to image, or inpainting with a mask: everything but the pictures, which travel
+    beside it. The result has the input image's size."""
+
+    prompt: Prompt
+    negative_prompt: NegativePrompt = ""
+    strength: float
+    num_inference_steps: int
+    guidance_scale: float
+    seed: Seed = Field(default=None, validate_default=True)
+    output_format: ImageFormat = "png"
+
+
 def _image_fields(preset: ImagePreset) -> dict:
     return {
         "num_inference_steps": (int, Field(preset.default_steps, ge=1, le=preset.max_steps)),
@@ -117,6 +130,23 @@ def image_request_model(preset: ImagePreset) -> type[ImageRequest]:
         __doc__=ImageRequest.__doc__,
         width=(int, Field(preset.default_width, le=preset.max_width, **size)),
         height=(int, Field(preset.default_height, le=preset.max_height, **size)),
+        **_image_fields(preset),
+    )
+
+
+def edit_request_model(preset: ImagePreset) -> type[EditRequest]:
+    """`EditRequest` with the defaults and bounds of one image preset."""
+    strength = Field(
+        preset.default_strength,
+        gt=0.0,
+        le=1.0,
+        description="How far the result may depart from the image: near 0 keeps it, 1 ignores it",
+    )
+    return create_model(
+        "EditRequest",
+        __base__=EditRequest,
+        __doc__=EditRequest.__doc__,
+        strength=(float, strength),
         **_image_fields(preset),
     )
 
@@ -162,6 +192,24 @@ def text_to_video_request_model(image: ImagePreset, video: VideoPreset) -> type[
     )
 
 
+def generation_parameters(request: ImageRequest | EditRequest, model: str, width: int, height: int) -> str:
+    """How an image was made, in AUTOMATIC1111's "parameters" text: enough to make it again."""
+    lines = [request.prompt]
+    if request.negative_prompt:
+        lines.append(f"Negative prompt: {request.negative_prompt}")
+    settings = {
+        "Steps": request.num_inference_steps,
+        "CFG scale": request.guidance_scale,
+        "Seed": request.seed,
+        "Size": f"{width}x{height}",
+        "Model": model,
+    }
+    if isinstance(request, EditRequest):
+        settings["Denoising strength"] = request.strength
+    lines.append(", ".join(f"{name}: {value}" for name, value in settings.items()))
+    return "\n".join(lines)
+
+
 class VideoJob(BaseModel):
     """One image-to-video request: the conditioning image (encoded, as uploaded) and its parameters.
 
@@ -172,3 +220,20 @@ class VideoJob(BaseModel):
 
     image: bytes
     request: VideoRequest
+
+
+class EditJob(BaseModel):
+    """One edit: the image, the mask when inpainting (white: repaint), and the parameters.
+
+    The pictures travel encoded, as checked by the entry service (the mask has the image's size).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    image: bytes
+    mask: bytes | None = None
+    request: EditRequest
+
+    @property
+    def kind(self) -> str:
+        return "inpaint" if self.mask is not None else "img2img"

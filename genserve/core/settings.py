@@ -125,6 +125,7 @@ class Settings:
     api_keys_file: Path | None  # one key per line, re-read when it changes (rotation)
     protect_metrics: bool  # /metrics needs a key too
     allow_untested_bentoml: bool  # start on a BentoML release genserve was not tested with
+    png_parameters: bool  # PNG results say how they were made (prompt, seed...); off for privacy
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -147,4 +148,5 @@ class Settings:
             api_keys_file=_path(environ, "GENSERVE_API_KEYS_FILE"),
             protect_metrics=_flag(environ, "GENSERVE_PROTECT_METRICS", False),
             allow_untested_bentoml=_flag(environ, "GENSERVE_ALLOW_UNTESTED_BENTOML", False),
+            png_parameters=_flag(environ, "GENSERVE_PNG_PARAMETERS", True),
         )

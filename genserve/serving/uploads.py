@@ -11,7 +11,15 @@ import io
 
 from PIL import Image, UnidentifiedImageError
 
-from genserve.core.presets import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, MIN_UPLOAD_SIDE, UPLOAD_FORMATS
+from genserve.core.presets import (
+    MAX_UPLOAD_BYTES,
+    MAX_UPLOAD_PIXELS,
+    MIN_UPLOAD_SIDE,
+    SIZE_MULTIPLE,
+    UPLOAD_FORMATS,
+    ImagePreset,
+)
+from genserve.core.schemas import MIN_SIZE, EditJob, EditRequest
 
 
 class UploadError(ValueError):
@@ -47,3 +55,30 @@ def check_image_upload(data: bytes, field: str = "image") -> bytes:
         except (OSError, SyntaxError, ValueError) as error:
             raise UploadError(field, f"{field} could not be decoded: {error}") from None
     return data
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """Width and height of an image that `check_image_upload` accepted."""
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size
+
+
+def check_edit(image: bytes, mask: bytes | None, request: EditRequest, preset: ImagePreset) -> EditJob:
+    """An edit the image generator can run, else `UploadError`: both files usable, the image at
+    a size the preset makes (results keep it), the mask the image's size."""
+    check_image_upload(image, "image")
+    width, height = image_size(image)
+    size = f"image is {width}x{height}"
+    if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE:
+        fits = f"{width // SIZE_MULTIPLE * SIZE_MULTIPLE}x{height // SIZE_MULTIPLE * SIZE_MULTIPLE}"
+        raise UploadError("image", f"{size}: its sides must be multiples of {SIZE_MULTIPLE} (e.g. {fits})")
+    if not (MIN_SIZE <= width <= preset.max_width and MIN_SIZE <= height <= preset.max_height):
+        limits = f"from {MIN_SIZE}x{MIN_SIZE} to {preset.max_width}x{preset.max_height}"
+        raise UploadError("image", f"{size}: the {preset.name} model edits images {limits}")
+    if mask is not None:
+        check_image_upload(mask, "mask")
+        if (mask_size := image_size(mask)) != (width, height):
+            mask_width, mask_height = mask_size
+            message = f"mask is {mask_width}x{mask_height} but image is {width}x{height}: they must match"
+            raise UploadError("mask", message)
+    return EditJob(image=image, mask=mask, request=request)

@@ -32,7 +32,9 @@ from genserve.serving import bentoml_compat
 from genserve.serving.metrics import generated_total, generation_seconds, queue_wait_seconds
 
 if TYPE_CHECKING:
-    from diffusers import StableDiffusion3Pipeline, StableVideoDiffusionPipeline
+    from diffusers import StableVideoDiffusionPipeline
+
+    from genserve.core.generation import ImagePipelines
 
 logger = logging.getLogger(__name__)
 
@@ -213,15 +215,16 @@ def _free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def warmed_image_pipeline(settings: Settings) -> StableDiffusion3Pipeline:
-    """Load the image pipeline and run it once, so the first real request pays no first-call costs."""
-    from genserve.core.generation import generate_images
+def warmed_image_pipelines(settings: Settings) -> ImagePipelines:
+    """Load the image pipeline, build the editing ones on its weights, and run text to image once,
+    so the first real request pays no first-call costs (the editing pipelines share them)."""
+    from genserve.core.generation import ImagePipelines, generate_images
     from genserve.core.loading import load_image_pipeline
 
     pipe = load_image_pipeline(settings)
     warmup = image_request_model(settings.image.preset)(prompt="warm-up", num_inference_steps=1, seed=0)
     generate_images(pipe, settings.image.preset, [warmup])
-    return pipe
+    return ImagePipelines.sharing(pipe)
 
 
 def warmed_video_pipeline(settings: Settings) -> StableVideoDiffusionPipeline:
