@@ -136,6 +136,7 @@ def test_the_edit_tab_edits_the_latest_generated_image(page, server) -> None:
     page.radio(key="edit_source").set_value(True).run()  # the latest generated image
     strength = page.slider(key="strength")
     assert strength.value == httpx.get(f"{server}/models").json()["image"]["default_strength"]
+    assert strength.min > 0 and strength.max == 1  # only values the server takes (0 < strength <= 1)
     page.text_area(key="edit_prompt").input("a blue circle")
     page.button(key="edit_go").click().run()
     assert not errors(page), errors(page)
@@ -155,13 +156,18 @@ def test_the_edit_tab_edits_the_latest_generated_image(page, server) -> None:
 
 
 def test_with_a_mask_the_edit_tab_inpaints(page) -> None:
-    upload_for_edit(page, png(64, 80), png(64, 80, box=(slice(16, 48), slice(16, 48))))
+    box = (slice(16, 48), slice(16, 48))
+    upload_for_edit(page, png(64, 80), png(64, 80, box=box))
     assert page.button(key="edit_go").label == "Inpaint"
     page.button(key="edit_go").click().run()
     assert not errors(page), errors(page)
     [result] = page.session_state["results"]
     assert (result.origin, result.prompt) == ("inpaint", "a green square")
-    assert read_image(result.data)[1].shape == (80, 64, 3)
+    _, pixels = read_image(result.data)
+    assert pixels.shape == (80, 64, 3)
+    kept = np.ones((80, 64), bool)
+    kept[box] = False
+    assert (pixels[kept] == 90).all()  # the mask's black part is the input's, exactly
     assert len(page.image) == 2  # in its tab and in the gallery
 
 
