@@ -1,4 +1,5 @@
-"""OpenAI's Images API, `POST /v1/images/generations`, as an ASGI app mounted on the GenServe service.
+"""OpenAI's Images API, `POST /v1/images/generations` and `/v1/images/edits`, as an ASGI app mounted
+on the GenServe service.
 
 Clients of OpenAI's API switch by changing `base_url` to `<service>/v1` and `api_key` to a
 genserve key: it arrives as `Authorization: Bearer <key>`, which the service's auth middleware
@@ -10,12 +11,19 @@ own random seed, so adaptive batching runs them together (and with other callers
 
 `response_format="url"` is refused: OpenAI's URLs point at stored copies, and genserve keeps
 none (its workers and replicas share no storage to serve them from); `b64_json` is the default.
+
+Edits follow OpenAI's conventions: a mask's transparent pixels are where to edit (a mask with
+no alpha channel: its white pixels, as on /inpaint); with no mask, an image with transparent
+pixels is repainted there (as dall-e-2 does), an opaque one is edited as a whole (/img2img),
+each at the preset's default strength. `size` resizes the image (and mask) before editing;
+without it the result has the image's size.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import logging
 import re
 import time
@@ -23,20 +31,31 @@ from typing import Literal
 
 import bentoml
 import numpy as np
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from genserve.core.media import encode_image
-from genserve.core.presets import IMAGE_PRESETS
-from genserve.core.schemas import ImageFormat, image_request_model
+from genserve.core.presets import IMAGE_PRESETS, MAX_BODY_BYTES
+from genserve.core.schemas import (
+    EditJob,
+    EditRequest,
+    ImageFormat,
+    ImageRequest,
+    edit_request_model,
+    generation_parameters,
+    image_request_model,
+)
 from genserve.core.settings import Settings
 from genserve.serving.dispatch import RETRY_AFTER_S, dispatch_all
 from genserve.serving.http import openai_error
-from genserve.serving.workers import CLIENT_LEFT, Outcome
+from genserve.serving.uploads import UploadError, check_edit, check_image_upload
+from genserve.serving.workers import CLIENT_LEFT
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +82,16 @@ class GenerationRequest(BaseModel):
     output_format: ImageFormat | None = None
     user: str | None = None  # accepted and ignored, like its successor below
     safety_identifier: str | None = None
+
+
+class EditParameters(GenerationRequest):
+    """An edit's form fields besides its files (form values are strings: `n` is parsed)."""
+
+
+#: An edit's files: the image (OpenAI's client sends a list of them as `image[]`) and the mask.
+IMAGE_FIELDS = ("image", "image[]")
+MASK_FIELD = "mask"
+OPAQUE = 128  # alpha from which a pixel counts as opaque, as masks are binarised
 
 
 def invalid_request(error: ValidationError) -> JSONResponse:
@@ -110,8 +139,41 @@ def generation_error(status: int) -> JSONResponse:
     return openai_error(500, "Image generation failed; see the server log.", kind="server_error")
 
 
-def b64_image(pixels: np.ndarray, fmt: str) -> str:
-    return base64.b64encode(encode_image(pixels, fmt)).decode("ascii")
+def b64_image(pixels: np.ndarray, fmt: str, parameters: str | None) -> str:
+    return base64.b64encode(encode_image(pixels, fmt, parameters)).decode("ascii")
+
+
+def invalid_upload(error: UploadError, resized: bool) -> JSONResponse:
+    """An unusable file as OpenAI reports it; a size problem after resizing is `size`'s."""
+    param = "size" if resized and error.field == "image" and error.status == 400 else error.field
+    return openai_error(error.status, str(error), param, "invalid_value")
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def edit_files(image: bytes, mask: bytes | None, size: dict[str, int]) -> tuple[bytes, bytes | None]:
+    """The image and genserve's mask (white: repaint) from OpenAI's (transparent: edit), resized
+    to `size` if one was asked for. No mask, and an image with transparent pixels: those."""
+    with Image.open(io.BytesIO(image)) as opened:
+        picture = opened.convert("RGBA")
+    if mask is not None:
+        with Image.open(io.BytesIO(mask)) as opened:
+            has_alpha = "A" in opened.getbands()
+            drawn = opened.convert("RGBA") if has_alpha else opened.convert("L")
+        repaint = drawn.getchannel("A").point(lambda a: 255 if a < OPAQUE else 0) if has_alpha else drawn
+    elif picture.getchannel("A").getextrema()[0] < OPAQUE:
+        repaint = picture.getchannel("A").point(lambda a: 255 if a < OPAQUE else 0)
+    else:
+        repaint = None
+    if size:
+        target = (size["width"], size["height"])
+        picture = picture.resize(target, Image.Resampling.LANCZOS)
+        repaint = repaint.resize(target, Image.Resampling.NEAREST) if repaint is not None else None
+    return _png(picture.convert("RGB")), _png(repaint) if repaint is not None else None
 
 
 async def http_error(request: Request, error: Exception) -> JSONResponse:
@@ -126,25 +188,19 @@ class ImagesAPI:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.request_model = image_request_model(settings.image.preset)
+        self.edit_model = edit_request_model(settings.image.preset)
 
     def app(self) -> Starlette:
         return Starlette(
-            routes=[Route("/images/generations", self.generations, methods=["POST"])],
+            routes=[
+                Route("/images/generations", self.generations, methods=["POST"]),
+                Route("/images/edits", self.edits, methods=["POST"]),
+            ],
             exception_handlers={HTTPException: http_error},
         )
 
-    async def generate(self, requests: list[BaseModel], client: Request) -> list[Outcome]:
-        """The n requests as one call to the image generator: they join its batching queue together."""
-        service = bentoml.get_current_service()
-        timeout = self.settings.request_timeout_s
-        return await dispatch_all(service.images, service.image_queue, requests, timeout, client)
-
-    async def generations(self, request: Request) -> JSONResponse:
-        """OpenAI's `images.generate`: `n` images of one prompt, base64-encoded in `data[].b64_json`."""
-        try:
-            params = GenerationRequest.model_validate_json(await request.body())
-        except ValidationError as error:
-            return invalid_request(error)
+    def refusal(self, params: GenerationRequest) -> JSONResponse | None:
+        """What generations and edits refuse alike: another model, URLs, more images than queue room."""
         preset = self.settings.image.preset.name
         if params.model not in (None, preset):
             message = f"Invalid value: '{params.model}'. Supported values are: '{preset}'."
@@ -153,34 +209,109 @@ class ImagesAPI:
             message = "response_format 'url' is not supported: genserve stores no images to link to; "
             message += "use 'b64_json'."
             return openai_error(400, message, "response_format", "unsupported_value")
-        size = parse_size(params.size)
-        if size is None:
-            message = (
-                f"Invalid value for 'size': '{params.size}'; use 'WIDTHxHEIGHT' (e.g. '64x64') or 'auto'."
-            )
-            return openai_error(400, message, "size", "invalid_value")
-        n, queue = params.n or 1, self.settings.image.max_queue
-        if n > queue:  # never admitted: a 429 would ask to retry for ever
-            message = f"Invalid value for 'n': at most {queue} on this server."
+        if (
+            params.n or 1
+        ) > self.settings.image.max_queue:  # never admitted: a 429 would ask to retry for ever
+            message = f"Invalid value for 'n': at most {self.settings.image.max_queue} on this server."
             return openai_error(400, message, "n", "invalid_value")
-        fmt = params.output_format or "png"
-        try:
-            # Each request validates to its own random seed: n different images.
-            images = [self.request_model(prompt=params.prompt, output_format=fmt, **size) for _ in range(n)]
-        except ValidationError as error:
-            return invalid_request(error)
-        outcomes = await self.generate(images, request)
+        return None
+
+    async def generate(
+        self, items: list[ImageRequest | EditJob], requests: list[ImageRequest | EditRequest], client: Request
+    ) -> JSONResponse:
+        """The n items as one call to the image generator (they join its batching queue together),
+        answered as OpenAI does: the images base64-encoded in `data[].b64_json`."""
+        service = bentoml.get_current_service()
+        timeout = self.settings.request_timeout_s
+        outcomes = await dispatch_all(service.images, service.image_queue, items, timeout, client)
         if failed := next((outcome for outcome in outcomes if outcome.error is not None), None):
             return generation_error(failed.status)
-        encoded = await asyncio.gather(*(asyncio.to_thread(b64_image, done.value, fmt) for done in outcomes))
+        fmt = requests[0].output_format
+        height, width, _ = outcomes[0].value.shape
+        encoded = await asyncio.gather(
+            *(
+                asyncio.to_thread(b64_image, done.value, fmt, self.parameters(request, width, height))
+                for done, request in zip(outcomes, requests, strict=True)
+            )
+        )
         return JSONResponse(
             {
                 "created": int(time.time()),
                 "data": [{"b64_json": data} for data in encoded],
                 "output_format": fmt,
-                "size": f"{images[0].width}x{images[0].height}",
+                "size": f"{width}x{height}",
             }
         )
+
+    def parameters(self, request: ImageRequest | EditRequest, width: int, height: int) -> str | None:
+        """What a PNG result says of how it was made, unless GENSERVE_PNG_PARAMETERS=0."""
+        if not self.settings.png_parameters:
+            return None
+        return generation_parameters(request, self.settings.image.preset.name, width, height)
+
+    async def generations(self, request: Request) -> JSONResponse:
+        """OpenAI's `images.generate`: `n` images of one prompt."""
+        try:
+            params = GenerationRequest.model_validate_json(await request.body())
+        except ValidationError as error:
+            return invalid_request(error)
+        if (refused := self.refusal(params)) is not None:
+            return refused
+        size = parse_size(params.size)
+        if size is None:
+            return bad_size(params.size)
+        try:
+            # Each request validates to its own random seed: n different images.
+            requests = [
+                self.request_model(prompt=params.prompt, output_format=params.output_format or "png", **size)
+                for _ in range(params.n or 1)
+            ]
+        except ValidationError as error:
+            return invalid_request(error)
+        return await self.generate(list(requests), list(requests), request)
+
+    async def edits(self, request: Request) -> JSONResponse:
+        """OpenAI's `images.edit`: `n` edits of one image (and mask) as the prompt says."""
+        form = await request.form(max_files=len(IMAGE_FIELDS) + 1, max_part_size=MAX_BODY_BYTES)
+        images = [value for name in IMAGE_FIELDS for value in form.getlist(name)]
+        masks = form.getlist(MASK_FIELD)
+        if len(images) != 1 or not isinstance(images[0], UploadFile):
+            message = "Send one image file as 'image': this server edits one image per request."
+            return openai_error(400, message, "image", "invalid_value")
+        if len(masks) > 1 or not all(isinstance(mask, UploadFile) for mask in masks):
+            return openai_error(400, "Send at most one mask file as 'mask'.", MASK_FIELD, "invalid_value")
+        files = {*IMAGE_FIELDS, MASK_FIELD}
+        fields = {name: value for name, value in form.multi_items() if name not in files}
+        try:
+            params = EditParameters.model_validate(fields)
+        except ValidationError as error:
+            return invalid_request(error)
+        if (refused := self.refusal(params)) is not None:
+            return refused
+        size = parse_size(params.size)
+        if size is None:
+            return bad_size(params.size)
+        fmt = params.output_format or "png"
+        try:
+            # Each request validates to its own random seed: n different edits.
+            requests = [
+                self.edit_model(prompt=params.prompt, output_format=fmt) for _ in range(params.n or 1)
+            ]
+            image = check_image_upload(await images[0].read(), "image")
+            mask = check_image_upload(await masks[0].read(), MASK_FIELD) if masks else None
+            image, mask = await asyncio.to_thread(edit_files, image, mask, size)
+            job = check_edit(image, mask, requests[0], self.settings.image.preset)
+        except ValidationError as error:
+            return invalid_request(error)
+        except UploadError as error:
+            return invalid_upload(error, resized=bool(size))
+        jobs = [job.model_copy(update={"request": edit}) for edit in requests]
+        return await self.generate(jobs, requests, request)
+
+
+def bad_size(size: str | None) -> JSONResponse:
+    message = f"Invalid value for 'size': '{size}'; use 'WIDTHxHEIGHT' (e.g. '64x64') or 'auto'."
+    return openai_error(400, message, "size", "invalid_value")
 
 
 def openai_app(settings: Settings) -> Starlette:
