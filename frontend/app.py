@@ -1,4 +1,5 @@
-"""genserve's web UI: text to image, image to video and text to video in one Streamlit page.
+"""genserve's web UI: text to image, image editing, image to video and text to video in one Streamlit
+page.
 
     GENSERVE_URL=http://127.0.0.1:3000 streamlit run frontend/app.py
 
@@ -49,11 +50,17 @@ LABELS = {
     "fps": "Frames per second",
     "motion_bucket_id": "Motion",
     "noise_aug_strength": "Noise augmentation",
+    "strength": "Strength",
     "image": "Image",
+    "mask": "Mask",
 }
 #: What the file picker offers: the formats the API decodes, under their usual extensions.
 UPLOAD_TYPES = [name.lower() for name in UPLOAD_FORMATS] + ["jpg"]
 SOURCES = {False: "An uploaded image", True: "The latest generated image"}
+#: Results that are still images (an edit's may be edited again, or animated).
+STILLS = ("txt2img", "img2img", "inpaint")
+#: The strength slider's step: an edit runs int(steps × strength) steps, so a finer one rarely tells.
+STRENGTH_STEP = 0.05
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,7 @@ class Result:
     """One generated file of this session, with what made it."""
 
     number: int  # unique in the session: names its widgets
-    origin: str  # "txt2img", "img2vid" or "txt2vid"
+    origin: str  # the endpoint that made it: "txt2img", "img2img", "inpaint", "img2vid" or "txt2vid"
     data: bytes
     fmt: str
     seed: int
@@ -87,6 +94,13 @@ class Parameters:
 
     def seed_to_use(self) -> int:
         return random_seed() if self.seed is None else self.seed
+
+    @property
+    def edit(self) -> dict[str, Any]:
+        """An edit's fields from here: the negative prompt and the image fields but the size, which
+        is the input image's."""
+        kept = {name: value for name, value in self.image.items() if name not in ("width", "height")}
+        return dict(negative_prompt=self.negative_prompt, **kept)
 
 
 def connect(connection: Connection) -> tuple[GenServe, dict[str, Any]]:
@@ -205,8 +219,8 @@ def results() -> list[Result]:
     return st.session_state.setdefault("results", [])
 
 
-def latest(origin: str) -> Result | None:
-    return next((result for result in results() if result.origin == origin), None)
+def latest(*origins: str) -> Result | None:
+    return next((result for result in results() if result.origin in origins), None)
 
 
 def remember(origin: str, data: bytes, fmt: str, seed: int, prompt: str) -> None:
@@ -225,7 +239,7 @@ def show(result: Result, place: str) -> None:
     """
     if result.mime.startswith("video/"):
         st.video(result.data, format=result.mime, loop=True)
-    elif result.fmt == "webp" and result.origin != "txt2img":
+    elif result.fmt == "webp" and result.origin not in STILLS:
         st.image(f"data:{result.mime};base64,{base64.b64encode(result.data).decode()}")
     else:
         st.image(result.data, output_format="PNG" if result.fmt == "png" else "auto")
@@ -240,11 +254,11 @@ def show(result: Result, place: str) -> None:
     )
 
 
-def show_latest(origin: str) -> None:
+def show_latest(*origins: str) -> None:
     """A tab's latest result, at most half the page wide (a video player stretches to its column)."""
-    if result := latest(origin):
+    if result := latest(*origins):
         with st.columns(2)[0]:
-            show(result, origin)
+            show(result, result.origin)
 
 
 def generate(api: GenServe, label: str, call: Callable[[], bytes]) -> bytes | None:
@@ -275,22 +289,57 @@ def text_to_image(api: GenServe, params: Parameters) -> None:
     show_latest("txt2img")
 
 
-def image_to_video(api: GenServe, params: Parameters) -> None:
-    generated = latest("txt2img")
-    use_generated = generated is not None and st.radio(
-        "Start from", [False, True], format_func=SOURCES.get, horizontal=True, key="i2v_source"
-    )
-    still: tuple[str, bytes] | None = None
-    if use_generated:
-        st.image(generated.data, width=160)
-        still = (generated.filename, generated.data)
-    elif upload := st.file_uploader(
-        "A PNG, JPEG or WebP image",
-        type=UPLOAD_TYPES,
-        max_upload_size=MAX_UPLOAD_BYTES // 2**20,
-        key="i2v_upload",
+def image_upload(label: str, key: str) -> tuple[str, bytes] | None:
+    """An uploaded file's name and content, offered in the formats the API decodes."""
+    upload = st.file_uploader(label, type=UPLOAD_TYPES, max_upload_size=MAX_UPLOAD_BYTES // 2**20, key=key)
+    return (upload.name, upload.getvalue()) if upload else None
+
+
+def still_input(key: str) -> tuple[str, bytes] | None:
+    """The image a tab starts from, named: an upload, or the session's latest still image."""
+    generated = latest(*STILLS)
+    if generated is not None and st.radio(
+        "Start from", [False, True], format_func=SOURCES.get, horizontal=True, key=f"{key}_source"
     ):
-        still = (upload.name, upload.getvalue())
+        st.image(generated.data, width=160)
+        return generated.filename, generated.data
+    return image_upload("A PNG, JPEG or WebP image", f"{key}_upload")
+
+
+def edit_image(api: GenServe, params: Parameters, image_preset: dict[str, Any]) -> None:
+    """Image to image, or with a mask, inpainting; the result has the input image's size."""
+    still = still_input("edit")
+    mask = image_upload("A mask, optional: white is repainted, black kept (the image's size)", "edit_mask")
+    prompt = prompt_input("edit_prompt")
+    strength = st.slider(
+        LABELS["strength"],
+        *map(float, api.field_bounds("img2img", "strength", STRENGTH_STEP)),
+        float(image_preset["default_strength"]),
+        step=STRENGTH_STEP,
+        help="How much of the image (with a mask, of its white part) is redrawn: 1 redraws it all",
+        key="strength",
+    )
+    label = "Inpaint" if mask else "Edit image"
+    if st.button(label, type="primary", key="edit_go", disabled=still is None):
+        if not prompt.strip():
+            st.warning("Write a prompt first.")
+        else:
+            name, image = still
+            seed = params.seed_to_use()
+            fields = dict(prompt=prompt, strength=strength, seed=seed, **params.edit)
+            if mask:
+                mask_name, mask_data = mask
+                origin, call = "inpaint", lambda: api.inpaint(image, name, mask_data, mask_name, **fields)
+            else:
+                origin, call = "img2img", lambda: api.img2img(image, name, **fields)
+            data = generate(api, "Editing the image…", call)
+            if data is not None:
+                remember(origin, data, params.image["output_format"], seed, prompt)
+    show_latest("img2img", "inpaint")
+
+
+def image_to_video(api: GenServe, params: Parameters) -> None:
+    still = still_input("i2v")
     if st.button("Generate video", type="primary", key="i2v_go", disabled=still is None):
         name, image = still
         seed = params.seed_to_use()
@@ -368,10 +417,12 @@ def main() -> None:
             f"colours: {', '.join(COLOURS)}; shapes: {', '.join(SHAPES)}."
         )
     params = sidebar(api, models)
-    t2i, i2v, t2v = st.tabs(["Text → image", "Image → video", "Text → video"])
+    t2i, edit, i2v, t2v = st.tabs(["Text → image", "Edit", "Image → video", "Text → video"])
     below = st.container()
     with t2i:
         text_to_image(api, params)
+    with edit:
+        edit_image(api, params, models["image"])
     with i2v:
         image_to_video(api, params)
     with below:  # filled before a text-to-video job may block the rest of this run

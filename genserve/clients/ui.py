@@ -97,10 +97,13 @@ class GenServe:
         response.raise_for_status()
         return response.json()
 
-    def field_bounds(self, endpoint: str, field: str) -> tuple[float, float]:
-        """A field's bounds from the endpoint schema the SDK fetched (for those /models leaves out)."""
+    def field_bounds(self, endpoint: str, field: str, step: float = 0) -> tuple[float, float]:
+        """A field's bounds from the endpoint schema the SDK fetched (for those /models leaves out).
+        An exclusive bound (`gt`, `lt`) is moved `step` inside: the nearest value a slider may offer."""
         schema = self.sdk.endpoints[endpoint].input["properties"][field]
-        return schema["minimum"], schema["maximum"]
+        low = schema["minimum"] if "minimum" in schema else schema["exclusiveMinimum"] + step
+        high = schema["maximum"] if "maximum" in schema else schema["exclusiveMaximum"] - step
+        return low, high
 
     def txt2img(self, **fields: Any) -> bytes:
         return take_file(self.sdk.txt2img(**fields))
@@ -108,6 +111,15 @@ class GenServe:
     def img2vid(self, image: bytes, filename: str, **fields: Any) -> bytes:
         with upload(image, filename) as path:
             return take_file(self.sdk.img2vid(image=path, **fields))
+
+    def img2img(self, image: bytes, filename: str, **fields: Any) -> bytes:
+        with upload(image, filename) as path:
+            return take_file(self.sdk.img2img(image=path, **fields))
+
+    def inpaint(self, image: bytes, filename: str, mask: bytes, mask_filename: str, **fields: Any) -> bytes:
+        """Each file in a folder of its own (`upload`), so the two may have the same name."""
+        with upload(image, filename) as image_path, upload(mask, mask_filename) as mask_path:
+            return take_file(self.sdk.inpaint(image=image_path, mask=mask_path, **fields))
 
     def txt2vid(self, job: TextToVideoJob, on_status: Callable[[str, float], None]) -> bytes:
         """Submit the job (or go on waiting for it, after a page rerun), report its status while it

@@ -9,12 +9,14 @@ from pathlib import Path
 from types import ModuleType
 
 import httpx
+import numpy as np
 import pytest
 from bentoml.exceptions import BentoMLException
 from decoding import read_image, read_video
 from helpers import ROOT
 from streamlit.testing.v1 import AppTest
 
+from genserve.core.media import encode_image
 from genserve.serving.processes import free_port
 
 APP = ROOT / "frontend" / "app.py"
@@ -49,6 +51,20 @@ def generate_image(page: AppTest, prompt: str) -> None:
     page.text_area(key="t2i_prompt").input(prompt)
     page.button(key="t2i_go").click().run()
     assert not errors(page), errors(page)
+
+
+def png(width: int, height: int, box: tuple[slice, slice] | None = None) -> bytes:
+    """A grey PNG, or with `box`, a mask: black, the box white."""
+    pixels = np.full((height, width, 3), 0 if box else 90, np.uint8)
+    if box:
+        pixels[box] = 255
+    return encode_image(pixels, "png")
+
+
+def upload_for_edit(page: AppTest, image: bytes, mask: bytes) -> None:
+    page.file_uploader(key="edit_upload").set_value(("photo.png", image, "image/png"))
+    page.file_uploader(key="edit_mask").set_value(("mask.png", mask, "image/png")).run()
+    page.text_area(key="edit_prompt").input("a green square")
 
 
 def test_sidebar_offers_the_servers_limits_and_formats(page, server) -> None:
@@ -112,6 +128,60 @@ def test_text_to_video_job_shows_the_video(page, settings) -> None:
     [shown, *_] = [url for image in page.image for url in image.value if url.startswith(prefix)]
     frames, _ = read_video(base64.b64decode(shown.removeprefix(prefix)), "webp")
     assert frames.shape == (2, settings.video.preset.height, settings.video.preset.width, 3)
+
+
+def test_the_edit_tab_edits_the_latest_generated_image(page, server) -> None:
+    page.number_input(key="width").set_value(96)
+    generate_image(page, "a red circle")
+    page.radio(key="edit_source").set_value(True).run()  # the latest generated image
+    strength = page.slider(key="strength")
+    assert strength.value == httpx.get(f"{server}/models").json()["image"]["default_strength"]
+    assert strength.min > 0 and strength.max == 1  # only values the server takes (0 < strength <= 1)
+    page.text_area(key="edit_prompt").input("a blue circle")
+    page.button(key="edit_go").click().run()
+    assert not errors(page), errors(page)
+    edited, generated = page.session_state["results"]
+    assert (edited.origin, edited.prompt) == ("img2img", "a blue circle")
+    mime, pixels = read_image(edited.data)
+    assert (mime, pixels.shape) == ("image/png", (64, 96, 3))  # the input's size, not the sidebar's
+    assert f"a blue circle · seed {edited.seed}" in [caption.value for caption in page.caption]
+    # The seed shown is the one used: the API makes the same edit from it.
+    again = httpx.post(
+        f"{server}/img2img",
+        files={"image": (generated.filename, generated.data, "image/png")},
+        data={"prompt": "a blue circle", "strength": strength.value, "seed": edited.seed},
+        timeout=TIMEOUT,
+    )
+    assert again.content == edited.data
+
+
+def test_with_a_mask_the_edit_tab_inpaints(page) -> None:
+    box = (slice(16, 48), slice(16, 48))
+    upload_for_edit(page, png(64, 80), png(64, 80, box=box))
+    assert page.button(key="edit_go").label == "Inpaint"
+    page.button(key="edit_go").click().run()
+    assert not errors(page), errors(page)
+    [result] = page.session_state["results"]
+    assert (result.origin, result.prompt) == ("inpaint", "a green square")
+    _, pixels = read_image(result.data)
+    assert pixels.shape == (80, 64, 3)
+    kept = np.ones((80, 64), bool)
+    kept[box] = False
+    assert (pixels[kept] == 90).all()  # the mask's black part is the input's, exactly
+    assert len(page.image) == 2  # in its tab and in the gallery
+
+
+def test_a_refused_mask_shows_the_servers_message(page, server) -> None:
+    image, mask = png(64, 64), png(32, 32, box=(slice(8, 24), slice(8, 24)))
+    upload_for_edit(page, image, mask)
+    page.button(key="edit_go").click().run()
+    files = {"image": ("photo.png", image, "image/png"), "mask": ("mask.png", mask, "image/png")}
+    refused = httpx.post(f"{server}/inpaint", files=files, data={"prompt": "a green square"}, timeout=TIMEOUT)
+    [detail] = refused.json()["detail"]
+    assert detail["loc"] == ["mask"]
+    expected = f"The API refused the request ({refused.status_code}): Mask (mask): {detail['msg']}"
+    assert errors(page) == [expected]
+    assert not page.session_state["results"]
 
 
 def test_a_refused_value_shows_the_servers_message(page, server) -> None:
