@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 
 import httpx
 import numpy as np
@@ -10,6 +11,7 @@ import openai
 import pytest
 from decoding import read_image
 from helpers import ENV_KEYS, genserve_metric, running_server
+from PIL import Image
 
 TIMEOUT = 120
 
@@ -108,3 +110,84 @@ def test_n_beyond_the_image_queue_is_a_400_not_a_429_for_ever(tiny_models, tmp_p
             client.images.generate(prompt="a cat", n=3)
         assert (raised.value.code, raised.value.param) == ("invalid_value", "n")
         assert len(client.images.generate(prompt="a cat", n=2).data) == 2
+
+
+# images.edit: OpenAI's masks are transparent where to edit.
+
+
+def picture(width: int = 96, height: int = 64) -> np.ndarray:
+    pixels = np.full((height, width, 3), (30, 40, 220), np.uint8)
+    pixels[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = (220, 30, 30)
+    return pixels
+
+
+def png_file(pixels: np.ndarray, name: str = "picture.png") -> tuple[str, bytes, str]:
+    """An RGB or RGBA array as a PNG upload, as the `openai` client sends files."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return name, buffer.getvalue(), "image/png"
+
+
+def transparent_in_the_middle(pixels: np.ndarray) -> np.ndarray:
+    """`pixels` with an alpha channel: transparent (edit) in the middle third, opaque elsewhere."""
+    height, width, _ = pixels.shape
+    alpha = np.full((height, width, 1), 255, np.uint8)
+    alpha[height // 3 : 2 * height // 3, width // 3 : 2 * width // 3] = 0
+    return np.concatenate([pixels, alpha], axis=2)
+
+
+def test_edit_with_a_mask_repaints_its_transparent_part_n_at_once(client, server) -> None:
+    original = picture()
+    mask = transparent_in_the_middle(np.zeros_like(original))
+    batches, images = image_work(server)
+    result = client.images.edit(
+        image=png_file(original), mask=png_file(mask, "mask.png"), prompt="a cat", n=2
+    )
+    assert image_work(server) == (batches + 1, images + 2)  # one batch made both
+    assert (result.size, result.output_format) == ("96x64", "png")
+    (_, first), (_, second) = decoded(result)
+    keep = mask[..., 3] == 255
+    for edited in (first, second):
+        assert edited.shape == original.shape
+        assert np.array_equal(edited[keep], original[keep])
+    assert not np.array_equal(first, second)  # each edit its own seed
+
+
+def test_edit_without_a_mask_repaints_the_images_transparent_part(client) -> None:
+    original = transparent_in_the_middle(picture())
+    [(_, edited)] = decoded(client.images.edit(image=png_file(original), prompt="a cat"))
+    keep = original[..., 3] == 255
+    assert np.array_equal(edited[keep], original[..., :3][keep])
+    assert not np.array_equal(edited[~keep], original[..., :3][~keep])
+
+
+def test_edit_of_an_opaque_image_changes_it_as_a_whole_at_the_size_asked(client) -> None:
+    result = client.images.edit(image=png_file(picture(128, 128)), prompt="a cat", size="64x64")
+    [(mime, edited)] = decoded(result)
+    assert (mime, edited.shape, result.size) == ("image/png", (64, 64, 3), "64x64")
+
+
+IMAGE = {"image": png_file(picture())}
+A_CAT = {"prompt": "a cat"}
+
+
+@pytest.mark.parametrize(
+    ("files", "fields", "param", "code"),
+    [
+        (IMAGE, {}, "prompt", "missing_required_parameter"),
+        ({}, A_CAT, "image", "invalid_value"),
+        ({**IMAGE, "image[]": png_file(picture())}, A_CAT, "image", "invalid_value"),
+        ({"image": ("a.txt", b"text", "text/plain")}, A_CAT, "image", "invalid_value"),
+        ({"image": png_file(picture(100, 64))}, A_CAT, "image", "invalid_value"),
+        (IMAGE, {**A_CAT, "size": "100x64"}, "size", "invalid_value"),
+        ({**IMAGE, "mask": png_file(picture(64, 64))}, A_CAT, "mask", "invalid_value"),
+        (IMAGE, {**A_CAT, "n": "5"}, "n", "invalid_value"),
+        (IMAGE, {**A_CAT, "model": "dall-e-2"}, "model", "invalid_value"),
+        (IMAGE, {**A_CAT, "quality": "hd"}, "quality", "unknown_parameter"),
+    ],
+)
+def test_bad_edits_are_400s_naming_the_parameter(server, files, fields, param, code) -> None:
+    response = httpx.post(f"{server}/v1/images/edits", files=files, data=fields, timeout=TIMEOUT)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", param, code)
