@@ -60,6 +60,30 @@ def test_real_architecture_configs_have_the_published_sizes() -> None:
         assert counts[name] == pytest.approx(published, rel=0.01), name
 
 
+@pytest.mark.parametrize("preset", ["sd35-large", "sd35-large-turbo", "sd35-medium"])
+def test_the_real_architectures_edit_on_their_own_weights(preset) -> None:
+    """How the image generator builds its editing pipelines (`ImagePipelines.sharing`), on the
+    served presets' architectures (Turbo is Large's, distilled): no parameter twice, none cast."""
+    from bench.gpu import sd35_large_pipeline
+    from bench.real_configs import SD35_LARGE, SD35_MEDIUM
+    from genserve.core.generation import ImagePipelines
+
+    pipe = sd35_large_pipeline(device="meta", config=SD35_MEDIUM if preset == "sd35-medium" else SD35_LARGE)
+    pipes = ImagePipelines.sharing(pipe)
+
+    def parameters(pipeline) -> set[int]:
+        modules = [part for part in pipeline.components.values() if isinstance(part, torch.nn.Module)]
+        return {id(parameter) for module in modules for parameter in module.parameters()}
+
+    for editor in (pipes.image_to_image, pipes.inpaint):
+        assert parameters(editor) == parameters(pipe)
+        assert {editor.transformer.dtype, editor.text_encoder_3.dtype, editor.vae.dtype} == {torch.bfloat16}
+    if preset == "sd35-medium":  # its published 2.5 B counts the position-embedding table too
+        transformer = pipe.transformer
+        size = sum(tensor.numel() for tensor in [*transformer.parameters(), *transformer.buffers()])
+        assert size == pytest.approx(2.5e9, rel=0.02)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the real architectures are built and run")
 def test_real_architecture_preset_is_skipped_without_a_gpu(tmp_path, capsys) -> None:
     from bench.run import main
