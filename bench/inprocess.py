@@ -16,6 +16,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,6 +26,8 @@ from bench.workload import Workload
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusion3Pipeline
+
+    from genserve.core.generation import ImagePipelines
 
 
 class InProcess:
@@ -54,10 +57,29 @@ class InProcess:
         requests = [self.request_model(**self.workload.body(i)) for i in indices]
         return self._thread.submit(generate_images, self.pipe, self.preset, requests).result()
 
-    def generate(self, indices: range) -> float:
-        """Seconds for one pipeline call generating requests `indices`."""
+    @cached_property
+    def pipes(self) -> ImagePipelines:
+        """The editing pipelines on the same weights, as the image generator builds them."""
+        from genserve.core.generation import ImagePipelines
+
+        return ImagePipelines.sharing(self.pipe)
+
+    def edits(self, indices: range) -> list[np.ndarray]:
+        """Image-to-image requests `indices` of the workload, edited as one batch."""
+        from genserve.core.generation import generate_edits
+        from genserve.core.schemas import EditJob, edit_request_model
+
+        request = edit_request_model(self.preset)
+        jobs = []
+        for index in indices:
+            fields = self.workload.edit(index)
+            jobs.append(EditJob(image=fields.pop("image"), request=request(**fields)))
+        return self._thread.submit(generate_edits, self.pipes, self.preset, jobs).result()
+
+    def generate(self, indices: range, edit: bool = False) -> float:
+        """Seconds for one pipeline call generating (or, with `edit`, editing) requests `indices`."""
         started = time.perf_counter()
-        self.images(indices)
+        (self.edits if edit else self.images)(indices)
         return time.perf_counter() - started
 
 

@@ -41,15 +41,29 @@ class LoadResult:
     cpu_s: float = 0.0
 
 
+def _payload(body: dict, form: bool) -> dict:
+    if not form:
+        return {"json": body}
+    data = aiohttp.FormData()
+    for name, value in body.items():
+        if isinstance(value, bytes):
+            data.add_field(name, value, filename=name, content_type="application/octet-stream")
+        else:
+            data.add_field(name, str(value))
+    return {"data": data}
+
+
 def run_load(
     url: str,
     bodies: Callable[[int], dict],
     clients: int,
     requests: int,
     check: Callable[[Answer], str | None],
+    form: bool = False,
 ) -> LoadResult:
-    """POST `requests` bodies to `url` from `clients` concurrent clients. `check` says what is
-    wrong with an answer, if anything: failures are counted, not fatal, so a run always reports."""
+    """POST `requests` bodies to `url` from `clients` concurrent clients, as JSON or, with `form`,
+    as multipart forms (bytes values as files). `check` says what is wrong with an answer, if
+    anything: failures are counted, not fatal, so a run always reports."""
     indices = itertools.count()
     latencies: list[float] = []
     errors: list[str] = []
@@ -58,7 +72,7 @@ def run_load(
         while (index := next(indices)) < requests:
             started = time.perf_counter()
             try:
-                async with session.post(url, json=bodies(index)) as response:
+                async with session.post(url, **_payload(bodies(index), form)) as response:
                     answer = Answer(response.status, response.content_type, await response.read())
             except (aiohttp.ClientError, TimeoutError) as failure:  # aiohttp's timeout: TimeoutError
                 errors.append(repr(failure))

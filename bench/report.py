@@ -11,6 +11,7 @@ from bench.load import LoadResult
 from bench.workload import Workload
 
 BATCHING_ON, BATCHING_OFF, BASELINE = "genserve", "genserve, batching off", "baseline"
+EDITS = "genserve, image to image"  # the batching server's /img2img
 SERVERS = (BATCHING_ON, BATCHING_OFF, BASELINE)
 MIB = 1024 * 1024
 
@@ -36,6 +37,7 @@ class Results:
     batch_s: list[float] = field(default_factory=list)  # in process, one call of `batch` requests
     single_cpu_s: float = 0.0  # in-process CPU time of all the single calls
     batch_cpu_s: float = 0.0
+    edit_batch_s: list[float] = field(default_factory=list)  # in process, image to image, batches
     bare_load_s: float = 0.0
     bare_rss: int = 0
     loads: dict[str, dict[int, list[LoadResult]]] = field(default_factory=dict)  # server -> clients -> runs
@@ -75,12 +77,17 @@ class Results:
     def inprocess_batch_throughput(self) -> float:
         return self.batch * len(self.batch_s) / sum(self.batch_s)
 
+    @property
+    def inprocess_edit_throughput(self) -> float:
+        return self.batch * len(self.edit_batch_s) / sum(self.edit_batch_s)
+
     def ratios(self) -> list[Ratio]:
         """The ratios the issue sets targets for, on the tiny preset on a CPU."""
         top = max(self.clients)
         served = self.throughput(BATCHING_ON, top)
         # Each worker is a pipeline of its own: the limit is one in-process pipeline's, per worker.
         efficiency = served / (self.workers * self.inprocess_batch_throughput)
+        edit_efficiency = self.throughput(EDITS, top) / (self.workers * self.inprocess_edit_throughput)
         inprocess_gain = self.inprocess_batch_throughput / self.inprocess_single_throughput
         gain = served / self.throughput(BATCHING_OFF, top)
         speedup = served / self.throughput(BASELINE, top)
@@ -93,6 +100,12 @@ class Results:
                 efficiency,
                 "≥ 0.90",
                 efficiency >= 0.9,
+            ),
+            Ratio(
+                f"edit serving efficiency: image to image, img/s served at {top} clients ÷ in process",
+                edit_efficiency,
+                "≥ 0.90",
+                edit_efficiency >= 0.9,
             ),
             Ratio(
                 f"batching gain: img/s at {top} clients, batching on ÷ off "
@@ -160,6 +173,16 @@ def markdown(results: Results, plot_name: str) -> str:
             _memory(r.rss[server]),
         ]
         lines.append(f"| {server} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Image to image at the same load (`/img2img`: the same size and steps, strength 1, {plural[top]}):",
+        "",
+        "| image to image | img/s | p50 / p95 |",
+        "|---|---|---|",
+        f"| in process, one call with a batch of {r.batch} | {r.inprocess_edit_throughput:.2f} | |",
+        f"| {EDITS}, {plural[top]} | {r.throughput(EDITS, top):.2f} "
+        f"| {r.latency(EDITS, top, 50):.2f} / {r.latency(EDITS, top, 95):.2f} s |",
+    ]
     lines += ["", "| ratio | value | target | met |", "|---|---|---|---|"]
     for ratio in r.ratios():
         lines.append(

@@ -23,7 +23,7 @@ import numpy as np
 
 from bench.inprocess import InProcess, measure_bare_load
 from bench.load import TIMEOUT_S, Answer, run_load
-from bench.report import BASELINE, BATCHING_OFF, BATCHING_ON, Results, markdown, plot
+from bench.report import BASELINE, BATCHING_OFF, BATCHING_ON, EDITS, Results, markdown, plot
 from bench.servers import ROOT, Server, baseline_command, import_tiny_models, start
 from bench.workload import Workload
 from genserve.core.media import decode_image
@@ -87,7 +87,12 @@ def _check_baseline(answer: Answer) -> str | None:
     return None if image else f"{answer.status} {answer.body[:300]!r}"
 
 
-CHECKS = {BATCHING_ON: _check_image, BATCHING_OFF: _check_image, BASELINE: _check_baseline}
+CHECKS = {
+    BATCHING_ON: _check_image,
+    BATCHING_OFF: _check_image,
+    BASELINE: _check_baseline,
+    EDITS: _check_image,
+}
 
 
 def start_servers(batch: int, log_dir: Path, results: Results) -> dict[str, Server]:
@@ -130,7 +135,8 @@ def _load(
     results: Results, name: str, server: Server, clients: int, requests: int, body: Callable[[int], dict]
 ) -> None:
     cpu = server.cpu_seconds()
-    result = run_load(f"{server.url}/txt2img", body, clients, requests, CHECKS[name])
+    route, form = ("/img2img", True) if name == EDITS else ("/txt2img", False)
+    result = run_load(f"{server.url}{route}", body, clients, requests, CHECKS[name], form)
     results.add_load(name, replace(result, cpu_s=server.cpu_seconds() - cpu))
 
 
@@ -141,6 +147,15 @@ def _in_process(results: Results, in_process: InProcess, plan: Plan) -> None:
     cpu = time.process_time()
     results.batch_s += [in_process.generate(range(results.batch)) for _ in range(plan.batches)]
     results.batch_cpu_s += time.process_time() - cpu
+
+
+def _edits(results: Results, in_process: InProcess, plan: Plan, server: Server) -> None:
+    """Image to image, at the same load: in process in batches, and served at the most clients."""
+    results.edit_batch_s += [
+        in_process.generate(range(results.batch), edit=True) for _ in range(plan.batches)
+    ]
+    top = max(plan.requests)
+    _load(results, EDITS, server, top, plan.requests[top], in_process.workload.edit)
 
 
 def measure(plan: Plan, servers: dict[str, Server], results: Results) -> None:
@@ -161,6 +176,7 @@ def measure(plan: Plan, servers: dict[str, Server], results: Results) -> None:
                 # samples the machine's state as often as the served runs do.
                 _in_process(results, in_process, plan)
                 _load(results, name, server, clients, plan.requests[clients], workload.body)
+        _edits(results, in_process, plan, servers[BATCHING_ON])
 
 
 def run(plan: Plan, out: Path) -> Results:

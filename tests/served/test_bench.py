@@ -110,7 +110,14 @@ def test_quick_bench_measures_everything_and_writes_the_report(tiny_models, tmp_
     assert run.stdout.count("| serving efficiency") == report.count("| serving efficiency") == 1
     for server in SERVERS:
         assert f"| {server} |" in report
-    for ratio in ("serving efficiency", "batching gain", "speed-up", "single-request overhead", "cold start"):
+    ratios = (
+        "serving efficiency",
+        "edit serving efficiency",
+        "batching gain",
+        "speed-up",
+        "single-request overhead",
+    )
+    for ratio in (*ratios, "cold start"):
         assert f"| {ratio}" in report
     mime, pixels = read_image((tmp_path / "bench.png").read_bytes())
     assert mime == "image/png" and pixels.shape[0] > 100
@@ -135,20 +142,23 @@ def test_gpu_measurements_run_genserve_generation_on_any_pipeline(image_pipe, vi
 def test_ratios_are_computed_as_bench_readme_defines_them() -> None:
     """Served numbers against in process, with two image workers: each worker is a pipeline."""
     from bench.load import LoadResult
-    from bench.report import BASELINE, BATCHING_OFF, BATCHING_ON, Results
+    from bench.report import BASELINE, BATCHING_OFF, BATCHING_ON, EDITS, Results
     from bench.workload import Workload
 
     results = Results({}, Workload(64, 64, 2), batch=8, workers=2, clients=(1, 16))
     results.single_s = [0.1, 0.1, 0.1]  # in process: 10 img/s one at a time, p50 100 ms
     results.batch_s = [0.4]  # 20 img/s in a batch of 8: a gain of 2
+    results.edit_batch_s = [0.5, 0.5]  # 16 img/s editing
     results.bare_load_s, results.cold_start_s = 4.0, {BATCHING_ON: 5.0}
     served = {BATCHING_ON: (0.105, 36.0), BATCHING_OFF: (0.1, 18.0), BASELINE: (0.1, 9.0)}  # p50, img/s
     for server, (p50, throughput) in served.items():
         results.add_load(server, LoadResult(1, (p50,) * 3, 0, 1.0))
         results.add_load(server, LoadResult(16, (1.0,) * int(throughput), 0, 1.0))
+    results.add_load(EDITS, LoadResult(16, (1.0,) * 28, 0, 1.0))
     ratios = {ratio.name.split(":")[0]: ratio for ratio in results.ratios()}
     expected = {
         "serving efficiency": (36 / (2 * 20), True),
+        "edit serving efficiency": (28 / (2 * 16), False),
         "batching gain": (2.0, True),
         "speed-up over the baseline": (4.0, True),
         "single-request overhead": (1.05, True),
