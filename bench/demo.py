@@ -1,9 +1,10 @@
 """How well the served demo image model follows its prompts: `make demo-accuracy` (python -m bench.demo).
 
 One `bentoml serve` of the demo preset. Prompts sampled from the grammar (genserve/core/shapes.py) go to
-/txt2img 16 at a time, so that they batch, and the checker reads each picture back. It writes
-demo.md (the share right, per part of a prompt) and a figure (the README's docs/demo.png): the
-first pictures under their prompts.
+/txt2img 16 at a time, so that they batch, and the checker reads each picture back. Then pictures
+drawn from the grammar are edited, their shape given another colour, by /img2img and by /inpaint
+with a mask around the shape. It writes demo.md (the share right, per part of a prompt, and of the
+edits) and a figure (the README's docs/demo.png): the first pictures under their prompts.
 """
 
 from __future__ import annotations
@@ -21,7 +22,17 @@ import numpy as np
 from PIL import Image
 
 from bench.servers import ROOT, start
-from genserve.core.shapes import Reading, parse, read_picture, sample_prompt
+from genserve.core.media import encode_image
+from genserve.core.shapes import (
+    COLOURS,
+    CONTRASTING,
+    Reading,
+    draw,
+    parse,
+    read_picture,
+    sample_prompt,
+    sample_scene,
+)
 from genserve.serving.processes import batch_sizes, demo_import_command, serve_command, tiny_import_command
 
 TIMEOUT = 600
@@ -46,6 +57,54 @@ def pictures_for(url: str, prompts: list[str], together: int) -> list[np.ndarray
             response.raise_for_status()
             pictures.append(np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB")))
     return pictures
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    return encode_image(pixels, "png")
+
+
+def _around_the_shape(picture: np.ndarray, background: str, margin: int = 3) -> np.ndarray:
+    """A mask (bool) of the pixels that are not the background, grown by `margin` on every side."""
+    shape = np.abs(picture.astype(int) - COLOURS[background]).sum(axis=2) > 60
+    grown = np.pad(shape, margin)
+    side = 2 * margin + 1
+    rows, columns = shape.shape
+    return np.any([grown[i : i + rows, j : j + columns] for i in range(side) for j in range(side)], axis=0)
+
+
+def edits_right(url: str, count: int, together: int, rng: np.random.Generator) -> dict[str, float]:
+    """The share of `count` drawn pictures whose shape a served edit gave the colour asked for:
+    /img2img at the preset's default strength, and /inpaint (strength 1) inside a mask around the
+    shape, which must also leave every pixel outside the mask as it was."""
+    right = {"img2img": [], "inpaint": [], "kept outside the mask": []}
+    for first in range(0, count, together):
+        scenes = [sample_scene(rng) for _ in range(min(together, count - first))]
+        pictures = [draw(scene, 64, rng) for scene in scenes]
+        colours = [str(rng.choice([c for c in CONTRASTING[s.background] if c != s.colour])) for s in scenes]
+        masks = [_around_the_shape(p, scene.background) for p, scene in zip(pictures, scenes, strict=True)]
+        prompts = [
+            f"a {c} {s.shape} on a {s.background} background" for c, s in zip(colours, scenes, strict=True)
+        ]
+        for route, strength in (("img2img", None), ("inpaint", 1.0)):
+            requests = []
+            for i, (picture, mask, prompt) in enumerate(zip(pictures, masks, prompts, strict=True)):
+                files = {"image": ("picture.png", _png(picture), "image/png")}
+                if route == "inpaint":
+                    files["mask"] = (
+                        "mask.png",
+                        _png(np.repeat(mask[..., None] * np.uint8(255), 3, 2)),
+                        "image/png",
+                    )
+                data = {"prompt": prompt, "seed": first + i} | ({"strength": strength} if strength else {})
+                requests.append({"url": f"/{route}", "files": files, "data": data})
+            for i, response in enumerate(asyncio.run(_post_all(url, requests))):
+                response.raise_for_status()
+                edited = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"))
+                right[route].append(read_picture(edited).colour == colours[i])
+                if route == "inpaint":
+                    keep = ~masks[i]
+                    right["kept outside the mask"].append(np.array_equal(edited[keep], pictures[i][keep]))
+    return {name: float(np.mean(values)) for name, values in right.items()}
 
 
 def mean_batch_size(url: str) -> float:
@@ -81,6 +140,8 @@ def report(
     together: int,
     batch: float,
     costs: dict[str, tuple[float, float]],
+    edits: dict[str, float],
+    edited: int,
     started: str,
     figure: str,
 ) -> str:
@@ -107,6 +168,15 @@ def report(
         "|---|---|---|",
         *[f"| {name} | {wall * 1000:.0f} | {cpu * 1000:.0f} |" for name, (wall, cpu) in costs.items()],
         f"| demo / tiny | {ratio[0]:.1f}× | {ratio[1]:.1f}× |",
+        "",
+        f"Editing: {edited} pictures drawn from the grammar, their shape asked for in another colour "
+        '("a <new colour> <shape> on a <background> background"), sent '
+        f"{together} at a time; `/img2img` at the preset's default strength, `/inpaint` at strength 1 "
+        "with a mask around the shape:",
+        "",
+        "| edit | right |",
+        "|---|---|",
+        *[f"| {name} | {share:.0%} |" for name, share in edits.items()],
         "",
         f"![The first prompts and their pictures]({figure})",
         "",
@@ -149,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--prompts", type=int, default=48, help="prompts sampled from the grammar")
     parser.add_argument("--together", type=int, default=16, help="prompts sent at once")
+    parser.add_argument("--edits", type=int, default=32, help="pictures edited, by each kind of edit")
     parser.add_argument("--seed", type=int, default=2026, help="seeds the sampling of the prompts")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where to write demo.md")
     parser.add_argument("--figure", type=Path, help="the figure's path (default: demo.png beside demo.md)")
@@ -165,12 +236,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         pictures = pictures_for(server.url, prompts, args.together)
         batch = mean_batch_size(server.url)
+        edits = edits_right(server.url, args.edits, args.together, rng)
     finally:
         server.stop()
     costs = {preset: cost_per_image(preset, args.together) for preset in ("demo", "tiny")}
     readings = [read_picture(picture) for picture in pictures]
     relative = os.path.relpath(figure, args.out)
-    text = report(prompts, readings, args.together, batch, costs, started, relative)
+    text = report(prompts, readings, args.together, batch, costs, edits, args.edits, started, relative)
     plot(prompts, pictures, figure)
     (args.out / "demo.md").write_text(text)
     print(text)

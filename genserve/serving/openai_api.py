@@ -27,6 +27,7 @@ import io
 import logging
 import re
 import time
+from collections.abc import Callable
 from typing import Literal
 
 import bentoml
@@ -37,7 +38,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from genserve.core.media import encode_image
@@ -199,6 +200,25 @@ class ImagesAPI:
             exception_handlers={HTTPException: http_error},
         )
 
+    def checked(
+        self, parse: Callable[[], GenerationRequest]
+    ) -> tuple[GenerationRequest, dict] | JSONResponse:
+        """The parameters `parse` reads and the size they ask for, checked as generations and edits
+        check them alike; or the error that says why not."""
+        try:
+            params = parse()
+        except ValidationError as error:
+            return invalid_request(error)
+        if (refused := self.refusal(params)) is not None:
+            return refused
+        size = parse_size(params.size)
+        if size is None:
+            message = (
+                f"Invalid value for 'size': '{params.size}'; use 'WIDTHxHEIGHT' (e.g. '64x64') or 'auto'."
+            )
+            return openai_error(400, message, "size", "invalid_value")
+        return params, size
+
     def refusal(self, params: GenerationRequest) -> JSONResponse | None:
         """What generations and edits refuse alike: another model, URLs, more images than queue room."""
         preset = self.settings.image.preset.name
@@ -251,15 +271,11 @@ class ImagesAPI:
 
     async def generations(self, request: Request) -> JSONResponse:
         """OpenAI's `images.generate`: `n` images of one prompt."""
-        try:
-            params = GenerationRequest.model_validate_json(await request.body())
-        except ValidationError as error:
-            return invalid_request(error)
-        if (refused := self.refusal(params)) is not None:
-            return refused
-        size = parse_size(params.size)
-        if size is None:
-            return bad_size(params.size)
+        body = await request.body()
+        checked = self.checked(lambda: GenerationRequest.model_validate_json(body))
+        if isinstance(checked, Response):
+            return checked
+        params, size = checked
         try:
             # Each request validates to its own random seed: n different images.
             requests = [
@@ -268,7 +284,7 @@ class ImagesAPI:
             ]
         except ValidationError as error:
             return invalid_request(error)
-        return await self.generate(list(requests), list(requests), request)
+        return await self.generate(requests, requests, request)
 
     async def edits(self, request: Request) -> JSONResponse:
         """OpenAI's `images.edit`: `n` edits of one image (and mask) as the prompt says."""
@@ -282,15 +298,10 @@ class ImagesAPI:
             return openai_error(400, "Send at most one mask file as 'mask'.", MASK_FIELD, "invalid_value")
         files = {*IMAGE_FIELDS, MASK_FIELD}
         fields = {name: value for name, value in form.multi_items() if name not in files}
-        try:
-            params = EditParameters.model_validate(fields)
-        except ValidationError as error:
-            return invalid_request(error)
-        if (refused := self.refusal(params)) is not None:
-            return refused
-        size = parse_size(params.size)
-        if size is None:
-            return bad_size(params.size)
+        checked = self.checked(lambda: EditParameters.model_validate(fields))
+        if isinstance(checked, Response):
+            return checked
+        params, size = checked
         fmt = params.output_format or "png"
         try:
             # Each request validates to its own random seed: n different edits.
@@ -307,11 +318,6 @@ class ImagesAPI:
             return invalid_upload(error, resized=bool(size))
         jobs = [job.model_copy(update={"request": edit}) for edit in requests]
         return await self.generate(jobs, requests, request)
-
-
-def bad_size(size: str | None) -> JSONResponse:
-    message = f"Invalid value for 'size': '{size}'; use 'WIDTHxHEIGHT' (e.g. '64x64') or 'auto'."
-    return openai_error(400, message, "size", "invalid_value")
 
 
 def openai_app(settings: Settings) -> Starlette:
