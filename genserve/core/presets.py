@@ -159,7 +159,7 @@ IMAGE_PRESETS: dict[str, ImagePreset] = {
             default_steps=8,  # as accurate as 12 or 24 (docs/demo-training.md)
             max_steps=50,
             default_guidance=4.0,
-            default_strength=0.8,  # a colour changes 14 times in 16 at 0.8, 5 at 0.6 (docs/demo.md)
+            default_strength=0.8,  # recolours 100 % of edits (docs/demo.md); at 0.6, under half
             max_sequence_length=16,  # a grammar prompt is at most 13 tokens
             batching=Batching(max_batch_size=16, max_latency_ms=60_000),
             embedded=True,
