@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,3 +82,28 @@ def run_script(name: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+@contextmanager
+def redis_server(directory: Path) -> Iterator[str]:
+    """A real `redis-server` (Debian's: .ci/run installs it) on a free port; yields its URL. Without
+    one the test is skipped, saying so."""
+    import pytest
+
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run does)")
+    port = free_port()
+    log = directory / f"redis-{port}.log"
+    command = [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = start_process(command, log, directory, {})
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 20
+        while "Ready to accept connections" not in log.read_text():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start: {log_tail(log)}")
+            time.sleep(0.05)
+        yield url
+    finally:
+        stop(process)

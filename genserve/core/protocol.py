@@ -3,12 +3,19 @@ states, file formats, how long a request may take. Pure Python, so every client 
 
 from __future__ import annotations
 
+from typing import Literal
+
 #: The response header that carries the seed a result was made with.
 SEED_HEADER = "X-Seed"
 #: A background job (`/txt2vid`) in these states is still running: clients ask again after
 #: JOB_POLL_INTERVAL_S.
 JOB_RUNNING = ("pending", "in_progress")
 JOB_POLL_INTERVAL_S = 0.5
+#: The jobs API (`/jobs`): what may be submitted, the states a job goes through (queued, then
+#: running, then one of the last three), and those it ends in.
+JobKind = Literal["txt2img", "img2img", "inpaint", "img2vid", "txt2vid"]
+JobState = Literal["queued", "running", "completed", "failed", "cancelled"]
+JOB_DONE: tuple[JobState, ...] = ("completed", "failed", "cancelled")
 #: How long a request may take, a queued video job included: the server's deadline by default,
 #: and how long its clients wait.
 DEFAULT_TIMEOUT_S = 900
