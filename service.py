@@ -58,6 +58,7 @@ from genserve.serving.http import (
     error_response,
     media_response,
 )
+from genserve.serving.job_store import job_store
 from genserve.serving.jobs import fail_orphaned_jobs
 from genserve.serving.openai_api import PREFIX as OPENAI_PREFIX
 from genserve.serving.openai_api import openai_app
@@ -68,6 +69,7 @@ from genserve.serving.workers import (
     Cancellations,
     Outcome,
     Queued,
+    Watch,
     label_answers_json,
     run_batch,
     warmed_image_pipelines,
@@ -113,7 +115,9 @@ class Generator:
     def __init__(self, kind: str, load: Callable[[], Any]) -> None:
         self.kind = kind
         self.pipe = BackgroundLoad(f"{kind} pipeline", load)
-        self.cancelled = Cancellations.of_service(type(self).__name__, keep_s=settings.request_timeout_s)
+        cancelled = Cancellations.of_service(type(self).__name__, keep_s=settings.request_timeout_s)
+        self.cancelled = cancelled
+        self.watch = Watch(kind, cancelled, job_store(settings))
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"generate-{kind}")
 
     def __is_ready__(self) -> bool:
@@ -124,7 +128,7 @@ class Generator:
         queue, so a batch starts the moment the dispatcher takes it (`genserve/serving/batching.py`)."""
 
         def work() -> list[Outcome]:
-            return run_batch(self.kind, batch, partial(generate, self.pipe.get(), preset), self.cancelled)
+            return run_batch(self.kind, batch, partial(generate, self.pipe.get(), preset), self.watch)
 
         return await asyncio.get_running_loop().run_in_executor(self.thread, work)
 

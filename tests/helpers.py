@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ import httpx
 import numpy as np
 
 from genserve.core.media import encode_image
+from genserve.serving.job_store import JobRecord
 from genserve.serving.processes import (
     free_port,
     log_tail,
@@ -107,3 +109,17 @@ def redis_server(directory: Path) -> Iterator[str]:
         yield url
     finally:
         stop(process)
+
+
+def new_job(owner: str = "alice", callback: str | None = None, created: float | None = None) -> JobRecord:
+    """A text-to-image job record, queued, for the job store's tests."""
+    return JobRecord(
+        id=uuid.uuid4().hex,
+        kind="txt2img",
+        owner=owner,
+        created_at=created if created is not None else time.time(),
+        seed=7,
+        fields={"prompt": "a red circle"},
+        stages=["image"],
+        callback_url=callback,
+    )

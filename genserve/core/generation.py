@@ -36,37 +36,50 @@ T = TypeVar("T")
 
 #: Asked between denoising steps with a request's index: is its result still wanted?
 StopCheck = Callable[[int], bool]
+#: Told after each denoising step: these requests (indices) have done `step` of `total` steps.
+Progress = Callable[[Sequence[int], int, int], None]
 
 
 class GroupStopped(Exception):
     """Raised between steps to abandon a pipeline call whose every request is unwanted."""
 
 
-def _stop_callback(indices: Sequence[int], unwanted: StopCheck | None) -> Callable | None:
-    """A diffusers step-end callback that aborts the call once no request of the group is wanted.
+def _step_callback(
+    indices: Sequence[int], unwanted: StopCheck | None, progress: Progress | None
+) -> Callable | None:
+    """A diffusers step-end callback: reports the group's progress, and aborts the call once no
+    request of the group is wanted.
 
     Aborting mid-call (rather than setting the pipeline's interrupt flag, after which it still
     decodes) frees the GPU at the next step for requests that are still waited for.
     """
-    if unwanted is None:
+    if unwanted is None and progress is None:
         return None
 
-    def callback(_pipe, _step: int, _timestep, tensors: dict) -> dict:
-        if all(unwanted(index) for index in indices):
+    def callback(pipe: DiffusionPipeline, step: int, _timestep, tensors: dict) -> dict:
+        if progress is not None:
+            progress(indices, step + 1, pipe.num_timesteps)
+        if unwanted is not None and all(unwanted(index) for index in indices):
             raise GroupStopped
         return tensors
 
     return callback
 
 
-def _run_pipeline(pipe: DiffusionPipeline, indices: Sequence[int], unwanted: StopCheck | None, **arguments):
+def _run_pipeline(
+    pipe: DiffusionPipeline,
+    indices: Sequence[int],
+    unwanted: StopCheck | None,
+    progress: Progress | None,
+    **arguments,
+):
     """One pipeline call for the group of requests `indices`; None if it was abandoned.
 
     An abandoned call skips what the pipeline does last, so that is done here: offloaded models
     (GENSERVE_CPU_OFFLOAD) go back to the CPU instead of holding the GPU's memory.
     """
     try:
-        return pipe(**arguments, callback_on_step_end=_stop_callback(indices, unwanted))
+        return pipe(**arguments, callback_on_step_end=_step_callback(indices, unwanted, progress))
     except GroupStopped:
         pipe.maybe_free_model_hooks()
         return None
@@ -98,6 +111,7 @@ def generate_images(
     preset: ImagePreset,
     requests: Sequence[ImageRequest],
     unwanted: StopCheck | None = None,
+    progress: Progress | None = None,
 ) -> list[np.ndarray | None]:
     """Text to image for a batch of requests, one pipeline call per compatible group.
 
@@ -112,6 +126,7 @@ def generate_images(
             pipe,
             indices,
             unwanted,
+            progress,
             prompt=[r.prompt for r in group],
             negative_prompt=[r.negative_prompt for r in group],
             width=first.width,
@@ -169,6 +184,7 @@ def generate_edits(
     preset: ImagePreset,
     jobs: Sequence[EditJob],
     unwanted: StopCheck | None = None,
+    progress: Progress | None = None,
 ) -> list[np.ndarray | None]:
     """Image to image and inpainting for a batch of jobs, one pipeline call per compatible group.
 
@@ -191,6 +207,7 @@ def generate_edits(
             pipe,
             indices,
             unwanted,
+            progress,
             prompt=[job.request.prompt for job in group],
             negative_prompt=[job.request.negative_prompt for job in group],
             image=images,
@@ -222,6 +239,7 @@ def generate_image_work(
     preset: ImagePreset,
     items: Sequence[ImageRequest | EditJob],
     unwanted: StopCheck | None = None,
+    progress: Progress | None = None,
 ) -> list[np.ndarray | None]:
     """What the image generator runs: a batch of text-to-image requests and edits, each kind
     in its own pipeline calls; results in the batch's order."""
@@ -235,9 +253,9 @@ def generate_image_work(
         if not indices:
             continue
         part_unwanted = None if unwanted is None else partial(_unwanted_in, indices, unwanted)
-        for index, pixels in zip(
-            indices, generate(preset, [items[i] for i in indices], part_unwanted), strict=True
-        ):
+        part_progress = None if progress is None else partial(_progress_in, indices, progress)
+        part = [items[i] for i in indices]
+        for index, pixels in zip(indices, generate(preset, part, part_unwanted, part_progress), strict=True):
             results[index] = pixels
     return results
 
@@ -245,6 +263,13 @@ def generate_image_work(
 def _unwanted_in(indices: Sequence[int], unwanted: StopCheck, index: int) -> bool:
     """`unwanted` of a part of a batch: its `index` is the part's, `indices` map it to the batch's."""
     return unwanted(indices[index])
+
+
+def _progress_in(
+    indices: Sequence[int], progress: Progress, done: Sequence[int], step: int, total: int
+) -> None:
+    """`progress` of a part of a batch, as `_unwanted_in`."""
+    progress([indices[index] for index in done], step, total)
 
 
 def fit_image(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -262,6 +287,7 @@ def generate_videos(
     preset: VideoPreset,
     jobs: Sequence[VideoJob],
     unwanted: StopCheck | None = None,
+    progress: Progress | None = None,
 ) -> list[np.ndarray | None]:
     """Image to video for a batch of jobs, one pipeline call per compatible group.
 
@@ -276,6 +302,7 @@ def generate_videos(
             pipe,
             indices,
             unwanted,
+            progress,
             image=[fit_image(decode_image(job.image), preset.width, preset.height) for job in group],
             width=preset.width,
             height=preset.height,

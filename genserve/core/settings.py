@@ -111,6 +111,29 @@ class GeneratorSettings(Generic[P]):
 
 
 @dataclass(frozen=True)
+class JobSettings:
+    """The jobs API's store and its bounds (genserve/serving/job_store.py)."""
+
+    store_url: str | None  # redis://... shared by replicas; None: an SQLite file on this machine
+    lease_s: float  # a runner that stops renewing for this long loses its jobs to another
+    retention_s: float  # finished jobs and their results are kept this long
+    max_jobs: int  # jobs kept at once; a full store refuses new ones (503)
+    max_result_bytes: int
+    runners: int  # jobs each entry worker runs at once (they batch together)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> JobSettings:
+        return cls(
+            store_url=environ.get("GENSERVE_JOB_STORE_URL") or None,
+            lease_s=_number(environ, "GENSERVE_JOB_LEASE_S", 30.0, float, 1.0),
+            retention_s=_number(environ, "GENSERVE_JOB_RETENTION_S", 24 * 3600.0, float, 1.0),
+            max_jobs=positive_int(environ, "GENSERVE_JOB_MAX", 1000),
+            max_result_bytes=positive_int(environ, "GENSERVE_JOB_MAX_RESULT_MB", 64) * 2**20,
+            runners=positive_int(environ, "GENSERVE_JOB_RUNNERS", 8),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     """What to load and how, chosen at deploy time."""
 
@@ -126,6 +149,7 @@ class Settings:
     protect_metrics: bool  # /metrics needs a key too
     allow_untested_bentoml: bool  # start on a BentoML release genserve was not tested with
     png_parameters: bool  # PNG results say how they were made (prompt, seed...); off for privacy
+    jobs: JobSettings
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -149,4 +173,5 @@ class Settings:
             protect_metrics=_flag(environ, "GENSERVE_PROTECT_METRICS", False),
             allow_untested_bentoml=_flag(environ, "GENSERVE_ALLOW_UNTESTED_BENTOML", False),
             png_parameters=_flag(environ, "GENSERVE_PNG_PARAMETERS", True),
+            jobs=JobSettings.from_env(environ),
         )

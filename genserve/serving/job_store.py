@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from genserve.core.protocol import JOB_DONE, JobKind, JobState
+from genserve.core.settings import Settings
 
 R = TypeVar("R")
 
@@ -506,17 +508,22 @@ class RedisJobStore(JobStore):
         return len(expired)
 
 
-def open_store(url: str | None, default_path: Path, limits: StoreLimits) -> JobStore:
-    """The store a URL names: `redis://...` (or `rediss://`), else the embedded SQLite file."""
-    if url and url.startswith(("redis://", "rediss://", "unix://")):
+def job_store(settings: Settings) -> JobStore:
+    """The store the settings name: `redis://...` (or `rediss://`), `sqlite:///<path>`, or by
+    default an SQLite file in the BentoML home, which every process of a `bentoml serve` shares."""
+    jobs = settings.jobs
+    limits = StoreLimits(jobs.max_jobs, jobs.retention_s, jobs.max_result_bytes)
+    url = jobs.store_url
+    if url is None:
+        home = Path(os.environ.get("BENTOML_HOME") or "~/bentoml").expanduser()  # as BentoML finds it
+        return SQLiteJobStore(home / "genserve-jobs.db", limits)
+    if url.startswith(("redis://", "rediss://")):
         return RedisJobStore(url, limits)
-    if url and url.startswith("sqlite:///"):
+    if url.startswith("sqlite:///"):
         return SQLiteJobStore(Path(url.removeprefix("sqlite:///")), limits)
-    if url:
-        raise ValueError(
-            f"GENSERVE_JOB_STORE_URL={url!r}: expected redis://..., rediss://... or sqlite:///<path>"
-        )
-    return SQLiteJobStore(default_path, limits)
+    raise ValueError(
+        f"GENSERVE_JOB_STORE_URL={url!r}: expected redis://..., rediss://... or sqlite:///<path>"
+    )
 
 
 def job_document(job: JobRecord, progress: dict[str, StageProgress], position: int | None) -> dict:

@@ -29,6 +29,7 @@ from genserve.core.presets import MIN_FRAMES
 from genserve.core.schemas import VideoJob, image_request_model, video_request_model
 from genserve.core.settings import Settings
 from genserve.serving import bentoml_compat
+from genserve.serving.job_store import JobStore
 from genserve.serving.metrics import generated_total, generation_seconds, queue_wait_seconds
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ class Queued(BaseModel, Generic[T]):
     deadline: float  # time.time() seconds
     request_id: str = Field(default_factory=lambda: uuid.uuid4().hex, pattern=REQUEST_ID.pattern)
     queued_at: float = Field(default_factory=time.time)
+    job_id: str | None = Field(None, pattern=REQUEST_ID.pattern)  # a job's request: progress, cancel
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class Outcome:
 
 #: A request whose client went away (nginx's status "client closed request"): only logs see it.
 CLIENT_LEFT = Outcome(status=499, error="cancelled: the client went away")
+JOB_CANCELLED = Outcome(status=499, error="cancelled: the job was cancelled")
 
 
 def label_answers_json(generator: Any) -> None:
@@ -146,51 +149,75 @@ class BackgroundLoad(Generic[P]):
         return self._value  # type: ignore[return-value]  # set whenever there is no error
 
 
-def run_batch(
-    kind: str,
-    batch: Sequence[Queued[T]],
-    generate: Callable[[list[T], Callable[[int], bool]], list[np.ndarray | None]],
-    cancelled: Cancellations,
-) -> list[Outcome]:
+Generate = Callable[[list[T], Callable[[int], bool], Callable[[Sequence[int], int, int], None]], list]
+
+
+class Watch:
+    """What a generator checks and reports between denoising steps, for the requests of a batch:
+    cancelled (by the client or, for a job, in the job store) or past their deadline; and, for a
+    job, its progress, written to the job store for the jobs API to show."""
+
+    def __init__(self, kind: str, cancelled: Cancellations, jobs: JobStore | None) -> None:
+        self.kind = kind
+        self.cancelled = cancelled
+        self.jobs = jobs
+
+    def unwanted(self, queued: Queued) -> Outcome | None:
+        if queued.request_id in self.cancelled:
+            return CLIENT_LEFT
+        if time.time() > queued.deadline:
+            return Outcome(status=504, error="timed out: the request waited longer than its timeout")
+        if queued.job_id and self.jobs is not None and self._job_cancelled(queued.job_id):
+            return JOB_CANCELLED
+        return None
+
+    def _job_cancelled(self, job_id: str) -> bool:
+        try:
+            return self.jobs.is_cancelled(job_id)
+        except Exception as error:  # the store unreachable: the job's runner still stops it
+            logger.warning("could not read job %s: %r", job_id, error)
+            return False
+
+    def stepped(self, batch: Sequence[Queued], step: int, total: int) -> None:
+        for queued in batch:
+            if queued.job_id and self.jobs is not None:
+                try:
+                    self.jobs.set_progress(queued.job_id, self.kind, step, total)
+                except Exception as error:  # progress is for show: never fail the batch for it
+                    logger.warning("could not record the progress of job %s: %r", queued.job_id, error)
+
+
+def run_batch(kind: str, batch: Sequence[Queued[T]], generate: Generate, watch: Watch) -> list[Outcome]:
     """Generate one batch; record queue wait, batch time and output count.
 
-    Requests already cancelled or past their deadline are not generated at all; a pipeline
-    call is abandoned between steps once none of its requests is waited for. If the batch
+    Requests already unwanted (cancelled, past their deadline) are not generated at all; a
+    pipeline call is abandoned between steps once none of its requests is wanted. If the batch
     fails as a whole (out of GPU memory, typically), each request is retried alone, so a
     request fails only for its own sake.
     """
     started = time.time()
     for queued in batch:
         queue_wait_seconds.labels(kind=kind).observe(max(0.0, started - queued.queued_at))
-    outcomes = _generate_all(batch, generate, cancelled)
+    outcomes = _generate_all(batch, generate, watch)
     generation_seconds.labels(kind=kind).observe(time.time() - started)
     generated_total.labels(kind=kind).inc(sum(outcome.error is None for outcome in outcomes))
     return outcomes
 
 
-def _unwanted(queued: Queued, cancelled: Cancellations) -> Outcome | None:
-    if queued.request_id in cancelled:
-        return CLIENT_LEFT
-    if time.time() > queued.deadline:
-        return Outcome(status=504, error="timed out: the request waited longer than its timeout")
-    return None
-
-
-def _generate_all(
-    batch: Sequence[Queued[T]],
-    generate: Callable[[list[T], Callable[[int], bool]], list[np.ndarray | None]],
-    cancelled: Cancellations,
-) -> list[Outcome]:
-    outcomes: list[Outcome | None] = [_unwanted(queued, cancelled) for queued in batch]
+def _generate_all(batch: Sequence[Queued[T]], generate: Generate, watch: Watch) -> list[Outcome]:
+    outcomes: list[Outcome | None] = [watch.unwanted(queued) for queued in batch]
     live = [i for i, outcome in enumerate(outcomes) if outcome is None]
     if not live:
         return outcomes  # type: ignore[return-value]  # all filled
 
     def unwanted(index: int) -> bool:
-        return _unwanted(batch[live[index]], cancelled) is not None
+        return watch.unwanted(batch[live[index]]) is not None
+
+    def progress(indices: Sequence[int], step: int, total: int) -> None:
+        watch.stepped([batch[live[index]] for index in indices], step, total)
 
     try:
-        values = generate([batch[i].item for i in live], unwanted)
+        values = generate([batch[i].item for i in live], unwanted, progress)
     except Exception as error:
         if len(live) == 1:
             logger.exception("generation failed")
@@ -199,10 +226,10 @@ def _generate_all(
         logger.warning("a batch of %d failed (%s); retrying its requests one by one", len(live), error)
         _free_accelerator_memory()
         for i in live:
-            [outcomes[i]] = _generate_all([batch[i]], generate, cancelled)
+            [outcomes[i]] = _generate_all([batch[i]], generate, watch)
         return outcomes  # type: ignore[return-value]
     for i, value in zip(live, values, strict=True):
-        abandoned = _unwanted(batch[i], cancelled) or Outcome(status=500, error="generation was abandoned")
+        abandoned = watch.unwanted(batch[i]) or Outcome(status=500, error="generation was abandoned")
         outcomes[i] = Outcome(value=value) if value is not None else abandoned
     return outcomes  # type: ignore[return-value]
 

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 from bentoml.exceptions import ServiceUnavailable
-from helpers import run_script
+from helpers import new_job, run_script
 
 from genserve.core.generation import generate_images
 from genserve.core.schemas import image_request_model
-from genserve.serving.workers import BackgroundLoad, Cancellations, Queued, run_batch
+from genserve.serving.job_store import SQLiteJobStore, StoreLimits
+from genserve.serving.workers import BackgroundLoad, Cancellations, Queued, Watch, run_batch
 
 
 @pytest.fixture
@@ -75,12 +76,14 @@ def queued(item, timeout_s: float = 60) -> Queued:
     return Queued(item=item, deadline=time.time() + timeout_s)
 
 
-def fake_generate(items: list, unwanted) -> list:
+def fake_generate(items: list, unwanted, progress=None) -> list:
     return [np.full(1, item) for item in items]
 
 
 def test_run_batch_unwraps_items_in_order(cancellations) -> None:
-    outcomes = run_batch("image", [queued(i) for i in (3, 1, 2)], fake_generate, cancellations)
+    outcomes = run_batch(
+        "image", [queued(i) for i in (3, 1, 2)], fake_generate, Watch("image", cancellations, None)
+    )
     assert [int(o.value[0]) for o in outcomes] == [3, 1, 2]
     assert all(o.status == 200 and o.error is None for o in outcomes)
 
@@ -88,14 +91,14 @@ def test_run_batch_unwraps_items_in_order(cancellations) -> None:
 def test_expired_and_cancelled_requests_are_not_generated(cancellations) -> None:
     seen: list[list] = []
 
-    def generate(items, unwanted):
+    def generate(items, unwanted, progress):
         seen.append(items)
         return fake_generate(items, unwanted)
 
     cancelled = cancellations
     batch = [queued("late", timeout_s=-1), queued("gone"), queued("kept")]
     cancelled.add([batch[1].request_id])
-    outcomes = run_batch("image", batch, generate, cancelled)
+    outcomes = run_batch("image", batch, generate, Watch("image", cancelled, None))
     assert seen == [["kept"]]
     assert [o.status for o in outcomes] == [504, 499, 200]
     assert "timed out" in outcomes[0].error and "cancelled" in outcomes[1].error
@@ -104,14 +107,16 @@ def test_expired_and_cancelled_requests_are_not_generated(cancellations) -> None
 def test_a_failed_batch_is_retried_one_by_one(cancellations) -> None:
     """An out-of-memory batch (injected: more than one item fails) still serves everyone it can."""
 
-    def generate(items, unwanted):
+    def generate(items, unwanted, progress):
         if len(items) > 1:
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         if items == ["poison"]:
             raise ValueError("this request alone is broken")
         return fake_generate([len(items[0])], unwanted)
 
-    outcomes = run_batch("image", [queued("a"), queued("poison"), queued("ccc")], generate, cancellations)
+    outcomes = run_batch(
+        "image", [queued("a"), queued("poison"), queued("ccc")], generate, Watch("image", cancellations, None)
+    )
     assert [o.status for o in outcomes] == [200, 500, 200]
     assert [int(outcomes[i].value[0]) for i in (0, 2)] == [1, 3]
     assert "ValueError" in outcomes[1].error
@@ -124,12 +129,14 @@ def test_out_of_memory_batch_with_a_real_pipeline_matches_requests_made_alone(
     preset = settings.image.preset
     requests = [image_request_model(preset)(prompt=f"a robot {i}", seed=i) for i in range(3)]
 
-    def generate(items, unwanted):
+    def generate(items, unwanted, progress):
         if len(items) > 1:
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         return generate_images(image_pipe, preset, items, unwanted)
 
-    outcomes = run_batch("image", [queued(r) for r in requests], generate, cancellations)
+    outcomes = run_batch(
+        "image", [queued(r) for r in requests], generate, Watch("image", cancellations, None)
+    )
     for request, outcome in zip(requests, outcomes, strict=True):
         [alone] = generate_images(image_pipe, preset, [request])
         assert outcome.status == 200
@@ -143,7 +150,7 @@ def test_pipeline_call_is_abandoned_between_steps(image_pipe, settings, cancella
     batch = [queued(request)]
     steps = 0
 
-    def generate(items, unwanted):
+    def generate(items, unwanted, progress):
         def counting(index: int) -> bool:
             nonlocal steps
             steps += 1
@@ -153,9 +160,36 @@ def test_pipeline_call_is_abandoned_between_steps(image_pipe, settings, cancella
 
         return generate_images(image_pipe, settings.image.preset, items, counting)
 
-    [outcome] = run_batch("image", batch, generate, cancelled)
+    [outcome] = run_batch("image", batch, generate, Watch("image", cancelled, None))
     assert outcome.status == 499 and outcome.value is None
     assert steps == 3  # stopped at the step after the cancellation, not after 40 steps
+
+
+def test_a_jobs_progress_is_recorded_and_its_cancellation_stops_the_pipeline(
+    image_pipe, settings, cancellations, tmp_path
+) -> None:
+    """For a job's request the generator writes each step to the job store and reads the job's
+    cancellation there: a real pipeline stops at the step after the job is cancelled."""
+    store = SQLiteJobStore(tmp_path / "jobs.db", StoreLimits(10, 60, 2**20))
+    job = new_job()
+    store.create(job, {})
+    request = image_request_model(settings.image.preset)(prompt="a cat", num_inference_steps=40, seed=1)
+    batch = [Queued(item=request, deadline=time.time() + 60, job_id=job.id)]
+    seen: list[int] = []
+
+    def generate(items, unwanted, progress):
+        def counting(indices, step, total):
+            progress(indices, step, total)
+            seen.append(store.progress(job.id)["image"].step)
+            if step == 3:
+                store.cancel(job.id)
+
+        return generate_images(image_pipe, settings.image.preset, items, unwanted, counting)
+
+    [outcome] = run_batch("image", batch, generate, Watch("image", cancellations, store))
+    assert (outcome.status, outcome.error) == (499, "cancelled: the job was cancelled")
+    assert seen == [1, 2, 3]  # each step recorded; stopped right after the cancellation
+    assert store.progress(job.id)["image"].total == 40
 
 
 # Run in a process of its own: importing service.py sets BentoML's global configuration.

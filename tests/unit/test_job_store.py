@@ -7,9 +7,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from helpers import redis_server
+from helpers import new_job, redis_server
 
-from genserve.serving.job_store import JobRecord, RedisJobStore, SQLiteJobStore, StoreFull, StoreLimits
+from genserve.serving.job_store import RedisJobStore, SQLiteJobStore, StoreFull, StoreLimits
 
 LIMITS = StoreLimits(max_jobs=5, retention_s=60, max_result_bytes=1000)
 LEASE_S = 0.5
@@ -26,19 +26,6 @@ def store(request, tmp_path, redis_url):
     if request.param == "sqlite":
         return SQLiteJobStore(tmp_path / "jobs.db", LIMITS)
     return RedisJobStore(redis_url, LIMITS, prefix=f"test-{uuid.uuid4().hex}:")  # a store of its own
-
-
-def new_job(owner: str = "alice", callback: str | None = None, created: float | None = None) -> JobRecord:
-    return JobRecord(
-        id=uuid.uuid4().hex,
-        kind="txt2img",
-        owner=owner,
-        created_at=created if created is not None else time.time(),
-        seed=7,
-        fields={"prompt": "a red circle"},
-        stages=["image"],
-        callback_url=callback,
-    )
 
 
 def test_jobs_are_claimed_oldest_first_and_know_their_place(store) -> None:
