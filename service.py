@@ -28,7 +28,6 @@ from pydantic import create_model
 from starlette.requests import Request
 from starlette.responses import Response
 
-from genserve.core.media import encode_image, encode_video
 from genserve.core.presets import MAX_BODY_BYTES
 from genserve.core.protocol import IMAGE_FORMATS, VIDEO_FORMATS
 from genserve.core.schemas import (
@@ -38,7 +37,6 @@ from genserve.core.schemas import (
     VideoJob,
     VideoRequest,
     edit_request_model,
-    generation_parameters,
     image_request_model,
     text_to_video_request_model,
     video_request_model,
@@ -47,7 +45,7 @@ from genserve.core.settings import GeneratorSettings, Settings
 from genserve.serving.auth import BearerAuth, KeyRing
 from genserve.serving.batching import batch_greedily
 from genserve.serving.bentoml_compat import check_bentoml_version
-from genserve.serving.dispatch import KEEP_CONNECTION_POOL, RETRY_AFTER_S, Admission, dispatch
+from genserve.serving.dispatch import KEEP_CONNECTION_POOL, RETRY_AFTER_S, Admission
 from genserve.serving.http import (
     BodyLimit,
     CatchErrors,
@@ -62,6 +60,7 @@ from genserve.serving.job_store import job_store
 from genserve.serving.jobs import fail_orphaned_jobs
 from genserve.serving.openai_api import PREFIX as OPENAI_PREFIX
 from genserve.serving.openai_api import openai_app
+from genserve.serving.produce import Produced, Producer
 from genserve.serving.timeout import cancel_timers_when_done
 from genserve.serving.uploads import UploadError, check_edit, check_image_upload
 from genserve.serving.workers import (
@@ -200,6 +199,9 @@ class GenServe:
     image_queue = Admission(settings.image.max_queue)
     video_queue = Admission(settings.video.max_queue)
 
+    def __init__(self) -> None:
+        self.produce = Producer(settings, self)
+
     @bentoml.on_startup
     async def recover_jobs(self) -> None:
         """Jobs a previous worker left unfinished are reported failed, not left in progress."""
@@ -208,7 +210,7 @@ class GenServe:
     @bentoml.api(route="/txt2img", input_spec=TextToImage)
     async def txt2img(self, ctx: bentoml.Context, **fields: Any) -> ImageFile:
         """Generate an image from a prompt. Returns the image file; the seed is in `X-Seed`."""
-        return answer(ctx, await self._image(TextToImage(**fields), ctx.request))
+        return answer(ctx, respond(await self.produce.image(TextToImage(**fields), ctx.request)))
 
     @bentoml.api(route="/img2img", input_spec=ImageToImage)
     async def img2img(self, ctx: bentoml.Context, image: Path, **fields: Any) -> ImageFile:
@@ -227,70 +229,27 @@ class GenServe:
             data = check_image_upload(image.read_bytes())
         except UploadError as error:
             return answer(ctx, error_response(error.status, str(error), error.field))
-        return answer(ctx, await self._video(data, VideoRequest(**fields), ctx.request))
+        return answer(ctx, respond(await self.produce.video(data, VideoRequest(**fields), ctx.request)))
 
     @bentoml.task(route="/txt2vid", input_spec=TextToVideo)
     async def txt2vid(self, **fields: Any) -> VideoFile:
         """Text to video as a job: submit, poll status, get the video (made at the video's own size)."""
-        request = TextToVideo(**fields)
-        # A job was promised to its client: when the generators are busy it waits its turn.
-        still = await self._image(request.image_request(settings.video.preset), wait_if_busy=True)
-        if still.status_code != 200:
-            return still
-        return await self._video(still.body, request.video_request(), wait_if_busy=True)
-
-    async def _image(self, request: ImageRequest, client: Request | None = None, **options: Any) -> Response:
-        return await self._generate_image(request, request, client, **options)
+        return respond(await self.produce.text_to_video(TextToVideo(**fields)))
 
     async def _edit(self, image: Path, mask: Path | None, request: EditRequest, client: Request) -> Response:
         try:
             job = check_edit(image.read_bytes(), mask and mask.read_bytes(), request, settings.image.preset)
         except UploadError as error:
             return error_response(error.status, str(error), error.field)
-        return await self._generate_image(job, request, client)
-
-    async def _generate_image(
-        self,
-        item: ImageRequest | EditJob,
-        request: ImageRequest | EditRequest,
-        client: Request | None = None,
-        **options: Any,
-    ) -> Response:
-        timeout = settings.request_timeout_s
-        outcome = await dispatch(self.images, self.image_queue, item, timeout, client, **options)
-        if outcome.error is not None:
-            return failure(outcome)
-        fmt = request.output_format
-        data = await asyncio.to_thread(
-            encode_image, outcome.value, fmt, png_parameters(request, outcome.value)
-        )
-        return media_response(data, IMAGE_FORMATS[fmt], request.seed, fmt)
-
-    async def _video(
-        self, image: bytes, request: VideoRequest, client: Request | None = None, **options: Any
-    ) -> Response:
-        job = VideoJob(image=image, request=request)
-        timeout = settings.request_timeout_s
-        outcome = await dispatch(self.videos, self.video_queue, job, timeout, client, **options)
-        if outcome.error is not None:
-            return failure(outcome)
-        fmt = request.output_format
-        data = await asyncio.to_thread(encode_video, outcome.value, request.fps, fmt)
-        return media_response(data, VIDEO_FORMATS[fmt], request.seed, fmt)
+        return respond(await self.produce.image(job, client))
 
 
-def png_parameters(request: ImageRequest | EditRequest, pixels: Any) -> str | None:
-    """What a PNG result says of how it was made, unless GENSERVE_PNG_PARAMETERS=0."""
-    if not settings.png_parameters:
-        return None
-    height, width, _ = pixels.shape
-    return generation_parameters(request, settings.image.preset.name, width, height)
-
-
-def failure(outcome: Outcome) -> Response:
-    """A generator's failure as a JSON error; busy answers say when to come back."""
-    headers = {"Retry-After": str(RETRY_AFTER_S)} if outcome.status in (429, 503) else None
-    return error_response(outcome.status, outcome.error or "generation failed", headers=headers)
+def respond(produced: Produced) -> Response:
+    """A result as its file; a failure as a JSON error (busy answers say when to come back)."""
+    if produced.error is not None:
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if produced.status in (429, 503) else None
+        return error_response(produced.status, produced.error, headers=headers)
+    return media_response(produced.data, produced.media_type, produced.seed, produced.fmt)
 
 
 def answer(ctx: bentoml.Context, response: Response) -> Response:

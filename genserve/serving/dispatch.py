@@ -67,9 +67,10 @@ async def dispatch(
     timeout_s: float,
     request: Request | None = None,
     wait_if_busy: bool = False,
+    job_id: str | None = None,
 ) -> Outcome:
-    """Run one item through `generator`; see `dispatch_all`."""
-    [outcome] = await dispatch_all(generator, admission, [item], timeout_s, request, wait_if_busy)
+    """Run one item through `generator`; see `dispatch_all`. `job_id`: the job it is a stage of."""
+    [outcome] = await dispatch_all(generator, admission, [item], timeout_s, request, wait_if_busy, job_id)
     return outcome
 
 
@@ -80,6 +81,7 @@ async def dispatch_all(
     timeout_s: float,
     request: Request | None = None,
     wait_if_busy: bool = False,
+    job_id: str | None = None,
 ) -> list[Outcome]:
     """Run `items` through `generator` (a `bentoml.depends` handle) as one call; their outcomes.
 
@@ -94,7 +96,7 @@ async def dispatch_all(
             return [Outcome(status=429, error="the generators are busy; retry later")] * len(items)
         await asyncio.sleep(RETRY_AFTER_S)
     try:
-        queued = [Queued(item=item, deadline=deadline) for item in items]
+        queued = [Queued(item=item, deadline=deadline, job_id=job_id) for item in items]
         return await _call_once(generator, queued, request)
     finally:
         admission.leave(len(items))

@@ -49,12 +49,12 @@ from genserve.core.schemas import (
     ImageFormat,
     ImageRequest,
     edit_request_model,
-    generation_parameters,
     image_request_model,
 )
 from genserve.core.settings import Settings
 from genserve.serving.dispatch import RETRY_AFTER_S, dispatch_all
 from genserve.serving.http import openai_error
+from genserve.serving.produce import png_parameters
 from genserve.serving.uploads import UploadError, check_edit, check_image_upload
 from genserve.serving.workers import CLIENT_LEFT
 
@@ -248,10 +248,13 @@ class ImagesAPI:
             return generation_error(failed.status)
         fmt = requests[0].output_format
         height, width, _ = outcomes[0].value.shape
+        parameters = [
+            png_parameters(self.settings, r, done.value) for r, done in zip(requests, outcomes, strict=True)
+        ]
         encoded = await asyncio.gather(
             *(
-                asyncio.to_thread(b64_image, done.value, fmt, self.parameters(request, width, height))
-                for done, request in zip(outcomes, requests, strict=True)
+                asyncio.to_thread(b64_image, done.value, fmt, text)
+                for done, text in zip(outcomes, parameters, strict=True)
             )
         )
         return JSONResponse(
@@ -262,12 +265,6 @@ class ImagesAPI:
                 "size": f"{width}x{height}",
             }
         )
-
-    def parameters(self, request: ImageRequest | EditRequest, width: int, height: int) -> str | None:
-        """What a PNG result says of how it was made, unless GENSERVE_PNG_PARAMETERS=0."""
-        if not self.settings.png_parameters:
-            return None
-        return generation_parameters(request, self.settings.image.preset.name, width, height)
 
     async def generations(self, request: Request) -> JSONResponse:
         """OpenAI's `images.generate`: `n` images of one prompt."""
