@@ -15,6 +15,8 @@ variables, listed in `genserve/core/settings.py` and the README.
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -24,12 +26,13 @@ from typing import Annotated, Any
 
 import bentoml
 from bentoml.validators import ContentType
-from pydantic import create_model
+from pydantic import BaseModel, create_model
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
 from genserve.core.presets import MAX_BODY_BYTES
-from genserve.core.protocol import IMAGE_FORMATS, VIDEO_FORMATS
+from genserve.core.protocol import IMAGE_FORMATS, VIDEO_FORMATS, JobKind
 from genserve.core.schemas import (
     EditJob,
     EditRequest,
@@ -56,6 +59,8 @@ from genserve.serving.http import (
     error_response,
     media_response,
 )
+from genserve.serving.job_api import JobsAPI, JobsRoute
+from genserve.serving.job_runner import JobRunner
 from genserve.serving.job_store import job_store
 from genserve.serving.jobs import fail_orphaned_jobs
 from genserve.serving.openai_api import PREFIX as OPENAI_PREFIX
@@ -63,6 +68,7 @@ from genserve.serving.openai_api import openai_app
 from genserve.serving.produce import Produced, Producer
 from genserve.serving.timeout import cancel_timers_when_done
 from genserve.serving.uploads import UploadError, check_edit, check_image_upload
+from genserve.serving.webhooks import WebhookSettings
 from genserve.serving.workers import (
     BackgroundLoad,
     Cancellations,
@@ -104,6 +110,15 @@ Inpaint = create_model(
     __doc__="Inpainting: the image file and its mask (white: repaint), plus the edit's parameters.",
     mask=(Path, ...),
 )
+#: What each kind of job is validated with (its endpoint's fields; files travel apart).
+JOB_MODELS: dict[JobKind, type[BaseModel]] = {
+    "txt2img": TextToImage,
+    "img2img": EditParameters,
+    "inpaint": EditParameters,
+    "img2vid": VideoParameters,
+    "txt2vid": TextToVideo,
+}
+WEBHOOKS = WebhookSettings.from_env(os.environ)
 ImageFile = Annotated[Path, ContentType("image/*")]
 VideoFile = Annotated[Path, ContentType("video/*")]
 
@@ -204,8 +219,14 @@ class GenServe:
 
     @bentoml.on_startup
     async def recover_jobs(self) -> None:
-        """Jobs a previous worker left unfinished are reported failed, not left in progress."""
+        """txt2vid tasks a previous worker left unfinished are reported failed, not left in progress."""
         await fail_orphaned_jobs()
+
+    @bentoml.on_startup
+    async def run_jobs(self) -> None:
+        """This worker's share of the jobs API's work (genserve/serving/job_runner.py)."""
+        runner = JobRunner(job_store(settings), self.produce, JOB_MODELS, settings, WEBHOOKS)
+        self.job_runner = asyncio.create_task(runner.run_forever(), name="job-runner")
 
     @bentoml.api(route="/txt2img", input_spec=TextToImage)
     async def txt2img(self, ctx: bentoml.Context, **fields: Any) -> ImageFile:
@@ -244,6 +265,12 @@ class GenServe:
         return respond(await self.produce.image(job, client))
 
 
+@functools.cache
+def jobs_app() -> Starlette:
+    """The jobs API (`/jobs`), built on first use: importing service.py opens no store."""
+    return JobsAPI(job_store(settings), JOB_MODELS, settings, WEBHOOKS).app()
+
+
 def respond(produced: Produced) -> Response:
     """A result as its file; a failure as a JSON error (busy answers say when to come back)."""
     if produced.error is not None:
@@ -270,6 +297,7 @@ GenServe.add_asgi_middleware(
 )
 GenServe.add_asgi_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 GenServe.add_asgi_middleware(JSONNotFound)
+GenServe.add_asgi_middleware(JobsRoute, jobs=jobs_app)
 SUBMIT_PATH = "/txt2vid/submit"  # BentoML's task route of txt2vid
 ENDPOINTS = frozenset(api.route for api in GenServe.apis.values()) | {SUBMIT_PATH}
 FILE_FIELDS = {

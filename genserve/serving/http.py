@@ -41,6 +41,12 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def invalid_fields(error: ValidationError, what: str) -> JSONResponse:
+    """A 400 listing the fields a request got wrong, in the shape of BentoML's own (`detail[].loc`)."""
+    detail = error.errors(include_url=False, include_context=False, include_input=False)
+    return JSONResponse({"error": f"invalid {what}", "detail": detail}, status_code=400)
+
+
 def openai_error(
     status: int,
     message: str,
@@ -100,9 +106,7 @@ class ValidateJSONBody:
         try:
             self.model.model_validate_json(body or b"{}")
         except ValidationError as error:
-            detail = error.errors(include_url=False, include_context=False, include_input=False)
-            body_error = {"error": f"invalid {self.model.__name__}", "detail": detail}
-            await JSONResponse(body_error, status_code=400)(scope, receive, send)
+            await invalid_fields(error, self.model.__name__)(scope, receive, send)
             return
 
         await self.app(scope, replaying(body, receive), send)

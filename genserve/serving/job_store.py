@@ -179,7 +179,8 @@ class JobStore:
             if not job.done:
                 job.state, job.finished_at = "cancelled", time.time()
                 job.webhook = "pending" if job.callback_url else None
-                job.lease_until = 0.0  # any runner may deliver its webhook, now
+                # Its runner loses the job (and stops); any runner may deliver the webhook, now.
+                job.lease_owner, job.lease_until = None, 0.0
             return job.model_copy()
 
         return self._update(job_id, change)
