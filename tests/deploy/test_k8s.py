@@ -455,6 +455,18 @@ def test_only_the_gateways_reach_redis() -> None:
             ), policy["metadata"]["name"]
 
 
+def test_cpu_overlay_keeps_one_gateway_with_the_embedded_job_store() -> None:
+    assert not objects("cpu", "StatefulSet")
+    assert "redis" not in yaml.safe_dump_all(rendered("cpu")).lower()
+    gateway = objects("cpu", "Deployment")[GATEWAY]
+    for container in containers(gateway):
+        assert "GENSERVE_JOB_STORE_URL" not in environment("cpu", container)
+        assert "GENSERVE_JOB_STORE_URL" not in [var["name"] for var in container.get("env", [])]
+    # One pod holds every job, so every poll finds its job there.
+    assert gateway["spec"]["replicas"] == 1
+    assert objects("cpu", "HorizontalPodAutoscaler")[GATEWAY]["spec"]["maxReplicas"] == 1
+
+
 @pytest.mark.skipif(
     not shutil.which("redis-server"), reason="needs redis-server (Debian: apt install redis-server)"
 )
