@@ -5,6 +5,7 @@ and docker-compose.yml. There is no Docker engine here: the files are checked, n
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -170,3 +171,37 @@ def test_compose_runs_one_gpu_host_without_inlined_secrets() -> None:
     assert env["BENTOML_HOME"].startswith("/tmp/")
     minutes = int(service["stop_grace_period"].removesuffix("m"))
     assert minutes * 60 > DEFAULT_TIMEOUT_S
+
+
+# The job store's password, as compose must take it: from the environment, required, no default.
+REDIS_PASSWORD = r"\$\{GENSERVE_REDIS_PASSWORD:\?[^}]+\}"
+
+
+def test_compose_keeps_jobs_in_redis_with_a_password_from_the_environment() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    compose = yaml.safe_load(text)
+    api, redis = compose["services"]["genserve"], compose["services"]["redis"]
+    env = dict(item.partition("=")[::2] for item in api["environment"])
+    assert re.fullmatch(rf"redis://:{REDIS_PASSWORD}@redis:6379/0", env["GENSERVE_JOB_STORE_URL"])
+    assert api["depends_on"]["redis"]["condition"] == "service_healthy"
+    # No password is committed: every mention is the required variable, never a default.
+    mentions = re.findall(r"\$\{GENSERVE_REDIS_PASSWORD[^}]*\}", text)
+    assert len(mentions) == 2 and all(re.fullmatch(REDIS_PASSWORD, m) for m in mentions)
+    redis_env = dict(item.partition("=")[::2] for item in redis["environment"])
+    assert re.fullmatch(REDIS_PASSWORD, redis_env["REDISCLI_AUTH"])  # redis-cli (healthcheck) reads it
+    [script] = redis["command"][redis["command"].index("-c") + 1 :]
+    # $$: the container's shell expands it; a single $ would be compose's, empty: no password at all.
+    assert '--requirepass "$$REDISCLI_AUTH"' in script
+    # Accepted jobs survive a restart: an append-only file on a named volume.
+    assert "--appendonly yes" in script
+    data = re.search(r"--dir (\S+)", script)[1]
+    [volume] = [v.split(":")[0] for v in redis["volumes"] if v.split(":")[1] == data]
+    assert volume in compose["volumes"]
+    test = " ".join(redis["healthcheck"]["test"])
+    assert "redis-cli ping" in test and "PONG" in test  # redis-cli exits 0 on NOAUTH
+    assert redis["user"].split(":")[0] not in ("0", "root") and redis["read_only"] is True
+    # The same Redis as the gpu overlay's.
+    manifests = yaml.safe_load_all((ROOT / "k8s" / "overlays" / "gpu" / "redis.yaml").read_text())
+    [statefulset] = [m for m in manifests if m["kind"] == "StatefulSet"]
+    [container] = statefulset["spec"]["template"]["spec"]["containers"]
+    assert redis["image"] == container["image"]

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import ast
 import functools
+import os
 import re
+import secrets
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import PurePosixPath
 
@@ -17,6 +20,7 @@ import yaml
 from helpers import ROOT
 
 from genserve.core.settings import Settings
+from genserve.serving.processes import free_port
 
 OVERLAYS = ("gpu", "cpu")
 # The oldest Kubernetes release still commonly run (managed clusters' extended support) and the
@@ -333,3 +337,194 @@ def test_grpc_gateway_is_locked_down_and_forwards_to_the_gateway(overlay) -> Non
     assert environment(overlay, container)["GENSERVE_URL"] == "http://genserve:3000"
     assert spec["terminationGracePeriodSeconds"] > int(config(overlay)["GENSERVE_REQUEST_TIMEOUT_S"])
     assert "genserve-grpc" in objects(overlay, "NetworkPolicy")
+
+
+REDIS = "genserve-redis"
+REDIS_IMAGE = re.compile(r"redis:\d+\.\d+\.\d+(-[a-z0-9.]+)?")  # an official image at an exact release
+EXPANDED = re.compile(r"\$\((\w+)\)")  # what the kubelet expands from earlier env entries
+
+
+def secret_vars(container: dict) -> dict[str, tuple[str, str]]:
+    """A container's variables fed from a Secret: name -> (Secret, key)."""
+    return {
+        var["name"]: (ref["name"], ref["key"])
+        for var in container.get("env", [])
+        if (ref := var.get("valueFrom", {}).get("secretKeyRef"))
+    }
+
+
+def redis_container() -> tuple[dict, dict]:
+    [statefulset] = objects("gpu", "StatefulSet").values()
+    [container] = pod(statefulset)["containers"]
+    return statefulset, container
+
+
+def option(container: dict, flag: str) -> str:
+    """The value after `flag` in redis-server's arguments."""
+    args = container.get("command", []) + container["args"]
+    return args[args.index(flag) + 1]
+
+
+def test_redis_keeps_the_job_store_on_its_own_volume_behind_a_secret_password() -> None:
+    statefulset, container = redis_container()
+    assert statefulset["metadata"]["name"] == REDIS and statefulset["spec"]["replicas"] == 1
+    assert REDIS_IMAGE.fullmatch(container["image"]), container["image"]
+    assert container["command"] == ["redis-server"]
+    # Accepted jobs survive a restart: an append-only file, on a claim of the pod's own.
+    assert option(container, "--appendonly") == "yes"
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == option(container, "--dir")]
+    claims = {c["metadata"]["name"]: c["spec"] for c in statefulset["spec"]["volumeClaimTemplates"]}
+    claim = claims[mount["name"]]
+    assert claim["accessModes"] == ["ReadWriteOnce"] and claim["resources"]["requests"]["storage"]
+    # The password only from the Secret: every variable is a secretKeyRef, requirepass expands one.
+    fed = secret_vars(container)
+    assert fed and len(fed) == len(container["env"])
+    [variable] = EXPANDED.fullmatch(option(container, "--requirepass")).groups()
+    password = fed[variable]
+    # Full memory refuses writes rather than evicting accepted jobs, and stays under the limit.
+    assert option(container, "--maxmemory-policy") == "noeviction"
+    maxmemory = int(option(container, "--maxmemory").removesuffix("gb")) * 2**30
+    assert maxmemory < int(container["resources"]["limits"]["memory"].removesuffix("Gi")) * 2**30
+    for key in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][key])
+    # Probes ping as a client would, authenticated (redis-cli reads REDISCLI_AUTH), and count
+    # only PONG: redis-cli exits 0 on NOAUTH.
+    assert fed["REDISCLI_AUTH"] == password
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        command = " ".join(container[probe]["exec"]["command"])
+        assert "redis-cli ping" in command and "PONG" in command, (probe, command)
+    # Locked down as the other workloads are.
+    spec = pod(statefulset)
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] > 0
+    assert spec["automountServiceAccountToken"] is False
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+
+
+def test_gpu_gateways_share_the_job_store_in_redis() -> None:
+    statefulset, redis = redis_container()
+    gateway = objects("gpu", "Deployment")[GATEWAY]
+    [container] = pod(gateway)["containers"]
+    env = [var["name"] for var in container["env"]]
+    [url] = [var["value"] for var in container["env"] if var["name"] == "GENSERVE_JOB_STORE_URL"]
+    variable, host, port = re.fullmatch(r"redis://:\$\((\w+)\)@([\w-]+):(\d+)/0", url).groups()
+    # The password comes from the Redis Secret, through a variable the kubelet has already set.
+    assert secret_vars(container)[variable] == secret_vars(redis)["REDIS_PASSWORD"]
+    assert env.index(variable) < env.index("GENSERVE_JOB_STORE_URL")
+    # The host is a Service in front of exactly the Redis pod, on its port.
+    service = objects("gpu", "Service")[host]
+    assert service["spec"]["selector"] == statefulset["spec"]["selector"]["matchLabels"]
+    assert selects(statefulset["spec"]["selector"], labels(statefulset))
+    assert statefulset["spec"]["serviceName"] == host
+    [service_port] = [p for p in service["spec"]["ports"] if p["port"] == int(port)]
+    [redis_port] = [p for p in redis["ports"] if p["name"] == service_port["targetPort"]]
+    assert redis_port["containerPort"] == int(port) == 6379
+    # Any replica answers any poll: no affinity to a pod.
+    assert objects("gpu", "Service")["genserve"]["spec"].get("sessionAffinity", "None") == "None"
+    assert objects("gpu", "HorizontalPodAutoscaler")[GATEWAY]["spec"]["maxReplicas"] > 1
+
+
+def test_only_the_gateways_reach_redis() -> None:
+    statefulset, _ = redis_container()
+    policies = objects("gpu", "NetworkPolicy").values()
+    deployments = objects("gpu", "Deployment")
+    gateway = labels(deployments[GATEWAY])
+    applying = [p for p in policies if selects(p["spec"]["podSelector"], labels(statefulset))]
+    default_deny = [p for p in applying if p["spec"]["podSelector"] == {} and not p["spec"].get("ingress")]
+    assert default_deny
+    rules = [rule for p in applying for rule in p["spec"].get("ingress", [])]
+    assert rules
+    for rule in rules:
+        assert rule["ports"] == [{"port": 6379, "protocol": "TCP"}]
+        assert rule["from"] and all(set(peer) == {"podSelector"} for peer in rule["from"])  # this namespace
+        for peer in rule["from"]:
+            assert peer["podSelector"].get("matchLabels")  # not {}: that would be every pod
+            assert selects(peer["podSelector"], gateway)
+            others = [name for name, d in deployments.items() if selects(peer["podSelector"], labels(d))]
+            assert others == [GATEWAY]
+    # Where a policy restricts the gateways' egress, it lets them reach Redis.
+    for policy in policies:
+        if selects(policy["spec"]["podSelector"], gateway) and "Egress" in policy["spec"].get(
+            "policyTypes", []
+        ):
+            assert any(
+                any(selects(peer.get("podSelector", {}), labels(statefulset)) for peer in rule.get("to", []))
+                and 6379 in [p["port"] for p in rule.get("ports", [])]
+                for rule in policy["spec"].get("egress", [])
+            ), policy["metadata"]["name"]
+
+
+def test_cpu_overlay_keeps_one_gateway_with_the_embedded_job_store() -> None:
+    assert not objects("cpu", "StatefulSet")
+    assert "redis" not in yaml.safe_dump_all(rendered("cpu")).lower()
+    gateway = objects("cpu", "Deployment")[GATEWAY]
+    for container in containers(gateway):
+        assert "GENSERVE_JOB_STORE_URL" not in environment("cpu", container)
+        assert "GENSERVE_JOB_STORE_URL" not in [var["name"] for var in container.get("env", [])]
+    # One pod holds every job, so every poll finds its job there.
+    assert gateway["spec"]["replicas"] == 1
+    assert objects("cpu", "HorizontalPodAutoscaler")[GATEWAY]["spec"]["maxReplicas"] == 1
+
+
+@pytest.mark.skipif(
+    not shutil.which("redis-server"), reason="needs redis-server (Debian: apt install redis-server)"
+)
+def test_redis_starts_with_the_manifests_arguments_and_keeps_jobs_across_a_restart(tmp_path) -> None:
+    """The StatefulSet's command and probes, run as the kubelet would (variables expanded) against
+    a local redis-server, on a free port and a temporary directory instead of 6379 and /data."""
+    _, container = redis_container()
+    password = secrets.token_hex(32)
+    env = {**os.environ, **dict.fromkeys(secret_vars(container), password)}
+    command = [EXPANDED.sub(lambda m: env[m[1]], a) for a in container["command"] + container["args"]]
+    command[command.index("--dir") + 1] = str(tmp_path)
+    port = free_port()
+    command += ["--port", str(port), "--bind", "127.0.0.1"]
+    # The probes' redis-cli, pointed at that port.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "redis-cli").write_text(f'#!/bin/sh\nexec {shutil.which("redis-cli")} -p {port} "$@"\n')
+    (bin_dir / "redis-cli").chmod(0o755)
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+
+    def probe(name: str, **extra: str) -> bool:
+        result = subprocess.run(container[name]["exec"]["command"], env={**env, **extra}, capture_output=True)
+        return result.returncode == 0
+
+    def cli(*args: str, **extra: str) -> str:
+        result = subprocess.run(
+            ["redis-cli", *args], env={**env, **extra}, capture_output=True, text=True, timeout=10
+        )
+        return result.stdout.strip()
+
+    servers: list[subprocess.Popen] = []
+
+    def start() -> subprocess.Popen:
+        server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        servers.append(server)
+        deadline = time.monotonic() + 20
+        while not probe("startupProbe"):
+            assert server.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.1)
+        return server
+
+    try:
+        server = start()
+        assert all(probe(name) for name in ("readinessProbe", "livenessProbe"))
+        assert not probe("readinessProbe", REDISCLI_AUTH="wrong")  # a refused ping fails the probe
+        assert cli("ping", REDISCLI_AUTH="").startswith("NOAUTH")
+        assert cli("set", "job", "accepted") == "OK"
+        server.terminate()  # SIGTERM, as the kubelet stops a pod
+        assert server.wait(timeout=20) == 0
+        server = start()
+        assert cli("get", "job") == "accepted"
+        # A crash too loses nothing acknowledged: the append-only file is written before the reply.
+        assert cli("set", "job2", "accepted") == "OK"
+        server.kill()
+        server.wait()
+        start()
+        assert (cli("get", "job"), cli("get", "job2")) == ("accepted", "accepted")
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()
