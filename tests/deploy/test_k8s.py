@@ -402,16 +402,32 @@ def test_redis_keeps_the_job_store_on_its_own_volume_behind_a_secret_password() 
     assert security["capabilities"]["drop"] == ["ALL"]
 
 
-def test_gpu_gateways_share_the_job_store_in_redis() -> None:
+def store_clients(overlay: str) -> dict[str, dict]:
+    """The Deployments whose container reads GENSERVE_JOB_STORE_URL from the manifest."""
+    return {
+        name: container
+        for name, deployment in objects(overlay, "Deployment").items()
+        for container in pod(deployment)["containers"]
+        if "GENSERVE_JOB_STORE_URL" in [var["name"] for var in container.get("env", [])]
+    }
+
+
+def test_gpu_gateways_and_generators_share_the_job_store_in_redis() -> None:
     statefulset, redis = redis_container()
-    gateway = objects("gpu", "Deployment")[GATEWAY]
-    [container] = pod(gateway)["containers"]
-    env = [var["name"] for var in container["env"]]
-    [url] = [var["value"] for var in container["env"] if var["name"] == "GENSERVE_JOB_STORE_URL"]
-    variable, host, port = re.fullmatch(r"redis://:\$\((\w+)\)@([\w-]+):(\d+)/0", url).groups()
-    # The password comes from the Redis Secret, through a variable the kubelet has already set.
-    assert secret_vars(container)[variable] == secret_vars(redis)["REDIS_PASSWORD"]
-    assert env.index(variable) < env.index("GENSERVE_JOB_STORE_URL")
+    clients = store_clients("gpu")
+    generators = {
+        name
+        for name, deployment in objects("gpu", "Deployment").items()
+        if labels(deployment)["app.kubernetes.io/component"].endswith("-generator")
+    }
+    assert set(clients) == {GATEWAY, *generators} and len(generators) == 2
+    for container in clients.values():
+        env = [var["name"] for var in container["env"]]
+        [url] = [var["value"] for var in container["env"] if var["name"] == "GENSERVE_JOB_STORE_URL"]
+        variable, host, port = re.fullmatch(r"redis://:\$\((\w+)\)@([\w-]+):(\d+)/0", url).groups()
+        # The password comes from the Redis Secret, through a variable the kubelet has already set.
+        assert secret_vars(container)[variable] == secret_vars(redis)["REDIS_PASSWORD"]
+        assert env.index(variable) < env.index("GENSERVE_JOB_STORE_URL")
     # The host is a Service in front of exactly the Redis pod, on its port.
     service = objects("gpu", "Service")[host]
     assert service["spec"]["selector"] == statefulset["spec"]["selector"]["matchLabels"]
@@ -425,7 +441,7 @@ def test_gpu_gateways_share_the_job_store_in_redis() -> None:
     assert objects("gpu", "HorizontalPodAutoscaler")[GATEWAY]["spec"]["maxReplicas"] > 1
 
 
-def test_only_the_gateways_reach_redis() -> None:
+def test_only_the_job_stores_clients_reach_redis() -> None:
     statefulset, _ = redis_container()
     policies = objects("gpu", "NetworkPolicy").values()
     deployments = objects("gpu", "Deployment")
@@ -440,9 +456,14 @@ def test_only_the_gateways_reach_redis() -> None:
         assert rule["from"] and all(set(peer) == {"podSelector"} for peer in rule["from"])  # this namespace
         for peer in rule["from"]:
             assert peer["podSelector"].get("matchLabels")  # not {}: that would be every pod
-            assert selects(peer["podSelector"], gateway)
-            others = [name for name, d in deployments.items() if selects(peer["podSelector"], labels(d))]
-            assert others == [GATEWAY]
+    admitted = {
+        name
+        for name, d in deployments.items()
+        for rule in rules
+        for peer in rule["from"]
+        if selects(peer["podSelector"], labels(d))
+    }
+    assert admitted == set(store_clients("gpu"))
     # Where a policy restricts the gateways' egress, it lets them reach Redis.
     for policy in policies:
         if selects(policy["spec"]["podSelector"], gateway) and "Egress" in policy["spec"].get(
