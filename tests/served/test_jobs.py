@@ -7,17 +7,20 @@ import base64
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import pytest
+from decoding import read_image
 from helpers import ENV_KEYS, redis_server, running_server, webhook_receiver
 from standardwebhooks.webhooks import Webhook
 
 from genserve.core.media import encode_image
 from genserve.serving.job_store import RedisJobStore, StoreLimits
+from genserve.serving.processes import batch_sizes
 
 TIMEOUT = 120
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
@@ -153,6 +156,32 @@ def test_cancel_stops_a_running_job_within_two_steps_and_a_queued_one_never_runs
     never = job(one_runner, queued["id"])
     assert (never["state"], never["started_at"], never["attempts"]) == ("cancelled", None, 0)
     assert httpx.get(f"{one_runner}/jobs/{queued['id']}/result", timeout=TIMEOUT).status_code == 409
+
+
+def test_cancelling_a_job_leaves_the_jobs_batched_with_it_alone(server) -> None:
+    """Two jobs in one pipeline call (queued together behind another request): cancelling one
+    stops only its own result; the other is made as if alone."""
+    batches = batch_sizes(server)
+    blocker = threading.Thread(
+        target=httpx.post,
+        args=(f"{server}/txt2img",),
+        kwargs={"json": {**LONG, "width": 192}, "timeout": TIMEOUT},
+    )
+    blocker.start()
+    while batch_sizes(server)["count"] == batches["count"] and blocker.is_alive():
+        time.sleep(0.01)  # the blocker's batch has started: the jobs queue behind it
+    kept, dropped = (submit(server, "txt2img", json={**LONG, "seed": seed}) for seed in (31, 32))
+    for started in (kept, dropped):
+        wait(server, started["id"], lambda j: (j["progress"]["stages"]["image"]["step"] or 0) >= 2)
+    assert httpx.delete(f"{server}/jobs/{dropped['id']}", timeout=TIMEOUT).json()["state"] == "cancelled"
+    assert wait(server, kept["id"])["state"] == "completed"
+    blocker.join()
+    after = batch_sizes(server)
+    assert (after["sum"] - batches["sum"], after["count"] - batches["count"]) == (3, 2)  # the jobs: one batch
+    direct = httpx.post(f"{server}/txt2img", json={**LONG, "seed": 31}, timeout=TIMEOUT)
+    made = result(server, kept["id"]).content
+    assert np.abs(read_image(made)[1].astype(int) - read_image(direct.content)[1].astype(int)).max() <= 1
+    assert job(server, dropped["id"])["state"] == "cancelled"
 
 
 def test_a_webhook_arrives_signed_when_the_job_ends(one_runner) -> None:
