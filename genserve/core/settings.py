@@ -6,6 +6,7 @@ README, the container and the Kubernetes manifests have one list to follow.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -56,6 +57,21 @@ def _number(environ: Mapping[str, str], name: str, default: N, parse: Callable[[
 def positive_int(environ: Mapping[str, str], name: str, default: int) -> int:
     """The variable `name` as an integer of at least 1 (the gRPC gateway reads its own with it)."""
     return _number(environ, name, default, int, 1)
+
+
+def seconds(environ: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    """The variable `name` as a finite number of seconds, at least `minimum` (webhooks read theirs
+    with it too)."""
+    value = environ.get(name)
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a number of seconds") from None
+    if not math.isfinite(number) or number < minimum:
+        raise ValueError(f"{name}={value!r} must be at least {minimum}")
+    return number
 
 
 def _path(environ: Mapping[str, str], name: str) -> Path | None:
@@ -125,8 +141,8 @@ class JobSettings:
     def from_env(cls, environ: Mapping[str, str]) -> JobSettings:
         return cls(
             store_url=environ.get("GENSERVE_JOB_STORE_URL") or None,
-            lease_s=_number(environ, "GENSERVE_JOB_LEASE_S", 30.0, float, 1.0),
-            retention_s=_number(environ, "GENSERVE_JOB_RETENTION_S", 24 * 3600.0, float, 1.0),
+            lease_s=seconds(environ, "GENSERVE_JOB_LEASE_S", 30.0, minimum=1.0),
+            retention_s=seconds(environ, "GENSERVE_JOB_RETENTION_S", 24 * 3600.0, minimum=1.0),
             max_jobs=positive_int(environ, "GENSERVE_JOB_MAX", 1000),
             max_result_bytes=positive_int(environ, "GENSERVE_JOB_MAX_RESULT_MB", 64) * 2**20,
             runners=positive_int(environ, "GENSERVE_JOB_RUNNERS", 8),

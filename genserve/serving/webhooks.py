@@ -26,14 +26,13 @@ import hmac
 import ipaddress
 import json
 import logging
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import httpx
 
-from genserve.core.settings import positive_int
+from genserve.core.settings import positive_int, seconds
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +70,8 @@ class WebhookSettings:
             secret=_secret(environ.get("GENSERVE_WEBHOOK_SECRET", "")),
             allowed_hosts=tuple(entry for entry in hosts if entry),
             attempts=positive_int(environ, "GENSERVE_WEBHOOK_ATTEMPTS", cls.attempts),
-            first_retry_s=_seconds(environ, "GENSERVE_WEBHOOK_RETRY_S", cls.first_retry_s, minimum=0.0),
-            timeout_s=_seconds(environ, "GENSERVE_WEBHOOK_TIMEOUT_S", cls.timeout_s, minimum=0.1),
+            first_retry_s=seconds(environ, "GENSERVE_WEBHOOK_RETRY_S", cls.first_retry_s, minimum=0.0),
+            timeout_s=seconds(environ, "GENSERVE_WEBHOOK_TIMEOUT_S", cls.timeout_s, minimum=0.1),
         )
 
 
@@ -94,19 +93,6 @@ def _secret(value: str) -> bytes | None:
             f"{name} is {len(key)} bytes: use at least {MIN_SECRET_BYTES} (make one with: {NEW_SECRET})"
         )
     return key
-
-
-def _seconds(environ: Mapping[str, str], name: str, default: float, minimum: float) -> float:
-    value = environ.get(name)
-    if not value:
-        return default
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise ValueError(f"{name}={value!r} is not a number of seconds") from None
-    if not math.isfinite(seconds) or seconds < minimum:
-        raise ValueError(f"{name}={value!r} must be at least {minimum}")
-    return seconds
 
 
 def _host_key(host: str) -> str:

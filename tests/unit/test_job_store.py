@@ -131,3 +131,14 @@ def test_progress_per_stage_and_an_oversized_result_fails_the_job(store) -> None
     assert {stage: (p.step, p.total) for stage, p in store.progress(job.id).items()} == {"image": (4, 8)}
     failed = store.finish(job.id, "runner", "completed", b"x" * (LIMITS.max_result_bytes + 1), "image/png")
     assert (failed.state, failed.status) == ("failed", 507) and "larger" in failed.error
+
+
+def test_the_store_is_the_one_the_settings_name(tmp_path, redis_url) -> None:
+    from genserve.core.settings import Settings
+    from genserve.serving.job_store import job_store
+
+    assert isinstance(job_store(Settings.from_env({"GENSERVE_JOB_STORE_URL": redis_url})), RedisJobStore)
+    local = job_store(Settings.from_env({"GENSERVE_JOB_STORE_URL": f"sqlite:///{tmp_path}/jobs.db"}))
+    assert isinstance(local, SQLiteJobStore) and local.path == tmp_path / "jobs.db"
+    with pytest.raises(ValueError, match="GENSERVE_JOB_STORE_URL"):
+        job_store(Settings.from_env({"GENSERVE_JOB_STORE_URL": "mysql://db/jobs"}))

@@ -85,3 +85,17 @@ def test_worker_layout_and_cpu_threads() -> None:
     assert every_core.image.cpu_threads == every_core.video.cpu_threads == 0
     with pytest.raises(ValueError, match="GENSERVE_CPU_THREADS"):
         Settings.from_env({"GENSERVE_CPU_THREADS": "-1"})
+
+
+def test_job_settings_have_defaults_and_refuse_bad_values() -> None:
+    jobs = Settings.from_env({}).jobs
+    assert (jobs.store_url, jobs.lease_s, jobs.max_jobs, jobs.runners) == (None, 30.0, 1000, 8)
+    assert Settings.from_env({"GENSERVE_JOB_MAX_RESULT_MB": "2"}).jobs.max_result_bytes == 2 * 2**20
+    for name, value in (
+        ("GENSERVE_JOB_LEASE_S", "0.5"),
+        ("GENSERVE_JOB_RETENTION_S", "nan"),
+        ("GENSERVE_JOB_MAX", "lots"),
+        ("GENSERVE_JOB_RUNNERS", "0"),
+    ):
+        with pytest.raises(ValueError, match=name):
+            Settings.from_env({name: value})
