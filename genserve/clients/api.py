@@ -69,23 +69,16 @@ class JobTimeout(TimeoutError):
 
 
 async def wait_for_job(
-    status: Callable[[], Awaitable[str]],
-    timeout_s: float,
-    started: float | None = None,
-    on_status: Callable[[str, float], None] | None = None,
-    running: Collection[str] = JOB_RUNNING,
+    status: Callable[[], Awaitable[str]], timeout_s: float, running: Collection[str] = JOB_RUNNING
 ) -> str:
     """Ask `status()` every JOB_POLL_INTERVAL_S while the job is in one of the `running` states (the
     BentoML task API's by default; JOB_ACTIVE for /jobs), and return its last status. Raises
-    JobTimeout when it still runs `timeout_s` after `started` (a monotonic time; now if not given:
-    a page that reruns passes the job's own start)."""
-    started = time.monotonic() if started is None else started
+    JobTimeout when it still runs `timeout_s` from now."""
+    started = time.monotonic()
     while (current := await status()) in running:
         elapsed = time.monotonic() - started
         if elapsed > timeout_s:
             raise JobTimeout(current, elapsed)
-        if on_status is not None:
-            on_status(current, elapsed)
         await asyncio.sleep(JOB_POLL_INTERVAL_S)
     return current
 
