@@ -55,14 +55,12 @@ from genserve.serving.http import (
     JSONDocument,
     JSONNotFound,
     ValidateForm,
-    ValidateJSONBody,
     error_response,
     media_response,
 )
 from genserve.serving.job_api import JobsAPI, JobsRoute
 from genserve.serving.job_runner import JobRunner
 from genserve.serving.job_store import job_store
-from genserve.serving.jobs import fail_orphaned_jobs
 from genserve.serving.openai_api import PREFIX as OPENAI_PREFIX
 from genserve.serving.openai_api import openai_app
 from genserve.serving.produce import Produced, Producer
@@ -218,11 +216,6 @@ class GenServe:
         self.produce = Producer(settings, self)
 
     @bentoml.on_startup
-    async def recover_jobs(self) -> None:
-        """txt2vid tasks a previous worker left unfinished are reported failed, not left in progress."""
-        await fail_orphaned_jobs()
-
-    @bentoml.on_startup
     async def run_jobs(self) -> None:
         """This worker's share of the jobs API's work (genserve/serving/job_runner.py)."""
         runner = JobRunner(job_store(settings), self.produce, JOB_MODELS, settings, WEBHOOKS)
@@ -298,8 +291,7 @@ GenServe.add_asgi_middleware(
 GenServe.add_asgi_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 GenServe.add_asgi_middleware(JSONNotFound)
 GenServe.add_asgi_middleware(JobsRoute, jobs=jobs_app)
-SUBMIT_PATH = "/txt2vid/submit"  # BentoML's task route of txt2vid
-ENDPOINTS = frozenset(api.route for api in GenServe.apis.values()) | {SUBMIT_PATH}
+ENDPOINTS = frozenset(api.route for api in GenServe.apis.values())
 FILE_FIELDS = {
     "/img2vid": frozenset({"image"}),
     "/img2img": frozenset({"image"}),
@@ -307,4 +299,3 @@ FILE_FIELDS = {
 }
 GenServe.add_asgi_middleware(ValidateForm, paths=ENDPOINTS, file_fields=FILE_FIELDS)
 GenServe.add_asgi_middleware(JSONDocument, path="/models", document=MODELS_INFO)
-GenServe.add_asgi_middleware(ValidateJSONBody, path=SUBMIT_PATH, model=TextToVideo)

@@ -8,10 +8,13 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -123,3 +126,58 @@ def new_job(owner: str = "alice", callback: str | None = None, created: float | 
         stages=["image"],
         callback_url=callback,
     )
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    """A loopback HTTP server that records every request and answers each path's scripted replies in
+    turn, (status, headers, seconds to wait first), then 200 once the script runs out."""
+
+    port: int = 0
+    script: dict[str, list[tuple[int, dict[str, str], float]]] = field(default_factory=dict)
+    received: list[Received] = field(default_factory=list)
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def paths(self) -> list[str]:
+        return [request.path for request in self.received]
+
+
+@contextmanager
+def webhook_receiver() -> Iterator[Receiver]:
+    """A running `Receiver` on a free loopback port."""
+    state = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["content-length"]))
+            state.received.append(Received(self.path, dict(self.headers.items()), body))
+            replies = state.script.get(self.path, [])
+            status, headers, wait_s = replies.pop(0) if replies else (200, {}, 0.0)
+            time.sleep(wait_s)
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    state.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+    thread.join()

@@ -14,14 +14,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import bentoml
-from _bentoml_impl.tasks import Sqlite3Store
-from _bentoml_impl.tasks.result import ResultStatus
-from bentoml._internal.configuration.containers import BentoMLContainer
 from bentoml._internal.marshal import dispatcher
 from bentoml._internal.server.http import traffic
 
@@ -40,10 +35,6 @@ PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
     ("_bentoml_impl.server.app", "CorkDispatcher"),
     ("bentoml._internal.server.http.traffic", "TimeoutMiddleware"),
     ("_bentoml_impl.client.proxy2", "SessionManager._make_client"),
-    ("_bentoml_impl.tasks", "Sqlite3Store.set_result"),
-    ("_bentoml_impl.tasks.result", "ResultStatus.IN_PROGRESS"),
-    ("_bentoml_impl.tasks.result", "ResultStatus.FAILED"),
-    ("bentoml._internal.configuration.containers", "BentoMLContainer.result_store_file"),
 )
 #: Attributes only instances have, by class: the test builds one of each.
 PRIVATE_INSTANCE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
@@ -52,7 +43,6 @@ PRIVATE_INSTANCE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "Job": ("data", "future"),
     "SessionManager": ("_session",),
     "ClientSession": ("connector._keepalive_timeout",),  # aiohttp's
-    "Sqlite3Store": ("_conn",),
     "APIMethod": ("output_spec",),
 }
 
@@ -123,28 +113,6 @@ def set_keepalive(client: Any, seconds: float) -> None:
     make_session = manager._make_client
     manager._make_client = lambda: tuned(make_session())
     manager.genserve_keepalive_s = seconds
-
-
-# Jobs left "in_progress" by a dead worker (serving/jobs.py): the task store has no query by
-# status (tasks stuck in progress: bentoml/BentoML#5694), so it is read with SQL, in its format.
-@asynccontextmanager
-async def task_store() -> AsyncIterator[Sqlite3Store]:
-    """This process's BentoML task store (its SQLite file), created if missing."""
-    path = BentoMLContainer.result_store_file.get()
-    Sqlite3Store.init_db(path)
-    async with Sqlite3Store(path) as store:
-        yield store
-
-
-async def tasks_in_progress(store: Sqlite3Store) -> list[str]:
-    cursor = await store._conn.execute(
-        "SELECT task_id FROM result WHERE status = ?", (ResultStatus.IN_PROGRESS.value,)
-    )
-    return [task_id for (task_id,) in await cursor.fetchall()]
-
-
-async def fail_task(store: Sqlite3Store, task_id: str, result: Any) -> None:
-    await store.set_result(task_id, result, ResultStatus.FAILED)
 
 
 # A generator's answers (serving/workers.py): BentoML works out an answer's media type from its

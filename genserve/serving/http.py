@@ -6,7 +6,7 @@ import logging
 import math
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -81,35 +81,6 @@ class JSONDocument:
         else:
             response = error_response(405, f"use GET {self.path}", headers={"Allow": "GET"})
         await response(scope, receive, send)
-
-
-class ValidateJSONBody:
-    """ASGI middleware checking a JSON body against a pydantic model before the app sees it.
-
-    BentoML stores a task submission before validating it, so a bad `/txt2vid/submit`
-    would be accepted and fail later; this answers 400 naming the field, as BentoML does
-    for plain endpoints, at submit time.
-    """
-
-    def __init__(self, app: ASGIApp, path: str, model: type[BaseModel]) -> None:
-        self.app = app
-        self.path = path
-        self.model = model
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
-            await self.app(scope, receive, send)
-            return
-        body = await read_body(receive)
-        if body is None:  # the client left
-            return
-        try:
-            self.model.model_validate_json(body or b"{}")
-        except ValidationError as error:
-            await invalid_fields(error, self.model.__name__)(scope, receive, send)
-            return
-
-        await self.app(scope, replaying(body, receive), send)
 
 
 class BodyTooLarge(Exception):

@@ -12,6 +12,10 @@ the files for the others), checked the same way at once, plus an optional `callb
 webhook. Jobs belong to the API key that made them: another key gets 404, as if there were no
 such job (with no keys configured, everyone is one tenant). The store and the runners are in
 serving/job_store.py and serving/job_runner.py.
+
+BentoML's task API of txt2vid (`/txt2vid/submit`, `status`, `get`, `cancel`, `retry`), which the
+BentoML client SDK's `client.txt2vid.submit(...)` calls, is served from the same store, in
+BentoML's shapes: its tasks are txt2vid jobs, so they too survive their replica.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -51,6 +56,17 @@ MAX_LIST = 100
 EVENTS_POLL_S = 0.25  # how often an event stream looks at its job
 KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing a quiet stream
 JSON_KINDS = ("txt2img", "txt2vid")
+#: BentoML's task API of the txt2vid endpoint, served from the job store.
+TASK_PREFIX = "/txt2vid"
+TASK_ROUTES = tuple(f"{TASK_PREFIX}/{action}" for action in ("submit", "status", "get", "cancel", "retry"))
+#: Job states as BentoML's task API words them (`ResultStatus`).
+TASK_STATUS = {
+    "queued": "in_progress",
+    "running": "in_progress",
+    "completed": "completed",
+    "failed": "failed",
+    "cancelled": "canceled",
+}
 
 
 class JobsAPI:
@@ -79,6 +95,11 @@ class JobsAPI:
                 Route("/jobs/{job_id}/result", self.result, methods=["GET"]),
                 Route("/jobs/{job_id}/events", self.events, methods=["GET"]),
                 Route("/jobs/{kind}", self.submit, methods=["POST"]),
+                Route(f"{TASK_PREFIX}/submit", self.task_submit, methods=["POST"]),
+                Route(f"{TASK_PREFIX}/status", self.task_status, methods=["GET"]),
+                Route(f"{TASK_PREFIX}/get", self.task_result, methods=["GET"]),
+                Route(f"{TASK_PREFIX}/cancel", self.task_cancel, methods=["PUT"]),
+                Route(f"{TASK_PREFIX}/retry", self.task_retry, methods=["POST"]),
             ],
             exception_handlers={HTTPException: _http_error},
         )
@@ -93,13 +114,16 @@ class JobsAPI:
         return await asyncio.to_thread(method, *arguments)
 
     async def _own_job(self, request: Request) -> JobRecord | Response:
-        """The caller's job named in the path, or the 400/404 that says why not."""
-        job_id = request.path_params["job_id"]
+        """The caller's job named in the path (a task's: in `?task_id=`), or the 4xx that says why not."""
+        field = "job_id" if "job_id" in request.path_params else "task_id"
+        job_id = request.path_params.get("job_id") or request.query_params.get("task_id")
+        if job_id is None:
+            return error_response(400, "task_id is required", field)
         if not JOB_ID.fullmatch(job_id):
-            return error_response(400, f"{job_id!r} is not a job id (32 hexadecimal digits)", "job_id")
+            return error_response(400, f"{job_id!r} is not a {field} (32 hexadecimal digits)", field)
         job = await self._call(self.store.get, job_id)
         if job is None or job.owner != self.owner(request):
-            return error_response(404, f"no job {job_id}", "job_id")
+            return error_response(404, f"no job {job_id}", field)
         return job
 
     async def _document(self, job: JobRecord) -> dict:
@@ -111,13 +135,24 @@ class JobsAPI:
         kind = request.path_params["kind"]
         if kind not in STAGES:
             return error_response(404, f"no such kind of job {kind!r}: one of {', '.join(STAGES)}", "kind")
+        job = await self._create(request, kind)
+        if isinstance(job, Response):
+            return job
+        headers = {"Location": f"{PREFIX}/{job.id}"}
+        return JSONResponse(await self._document(job), status_code=202, headers=headers)
+
+    async def _create(
+        self, request: Request, kind: JobKind, fields: dict | None = None
+    ) -> JobRecord | Response:
+        """A new job of `kind` from the request's body (or `fields`, with no files), checked as its
+        endpoint checks it, in the store; or the 4xx/503 that says why not."""
         try:
-            fields, files = await self._read(request, kind)
+            fields, files = (fields, {}) if fields is not None else await self._read(request, kind)
             callback = fields.pop(CALLBACK_FIELD, None)
             if callback is not None:
                 check_callback_url(str(callback), self.webhooks)
             checked = self.models[kind].model_validate(fields)
-            files = self._check_files(kind, files, checked)
+            self._check_files(kind, files, checked)
         except CallbackRefused as error:
             return error_response(400, f"{CALLBACK_FIELD}: {error}", CALLBACK_FIELD)
         except ValidationError as error:
@@ -137,10 +172,8 @@ class JobsAPI:
         try:
             await self._call(self.store.create, job, files)
         except StoreFull as error:
-            headers = {"Retry-After": str(RETRY_AFTER_S)}
-            return error_response(503, f"{error}; retry later", headers=headers)
-        headers = {"Location": f"{PREFIX}/{job.id}"}
-        return JSONResponse(await self._document(job), status_code=202, headers=headers)
+            return error_response(503, f"{error}; retry later", headers={"Retry-After": str(RETRY_AFTER_S)})
+        return job
 
     async def _read(self, request: Request, kind: str) -> tuple[dict[str, Any], dict[str, bytes]]:
         """The submission's fields and files: a JSON object, or a multipart form with the files."""
@@ -162,13 +195,12 @@ class JobsAPI:
         fields = {name: value for name, value in form.multi_items() if name not in FILES[kind]}
         return fields, files
 
-    def _check_files(self, kind: str, files: dict[str, bytes], request: BaseModel) -> dict[str, bytes]:
+    def _check_files(self, kind: str, files: dict[str, bytes], request: BaseModel) -> None:
         """The files as their endpoint checks them; an edit's also against the image preset."""
         if kind in ("img2img", "inpaint"):
             check_edit(files["image"], files.get("mask"), request, self.settings.image.preset)
         elif kind == "img2vid":
             check_image_upload(files["image"])
-        return files
 
     async def show(self, request: Request) -> Response:
         job = await self._own_job(request)
@@ -247,6 +279,62 @@ class JobsAPI:
                 return
             await asyncio.sleep(EVENTS_POLL_S)
 
+    # BentoML's task API of txt2vid, on the job store.
+
+    async def task_submit(self, request: Request) -> Response:
+        job = await self._create(request, "txt2vid")
+        if isinstance(job, Response):
+            return job
+        return JSONResponse(_task(job))
+
+    async def task_status(self, request: Request) -> Response:
+        job = await self._own_job(request)
+        return job if isinstance(job, Response) else JSONResponse(_task(job))
+
+    async def task_result(self, request: Request) -> Response:
+        """The video; a failed job's error with its status, as BentoML keeps a failed task's answer."""
+        job = await self._own_job(request)
+        if isinstance(job, Response):
+            return job
+        if job.state == "failed":
+            return error_response(job.status or 500, job.error or "the job failed")
+        if job.state != "completed":
+            return error_response(
+                400, f"task {job.id} is not completed yet: {TASK_STATUS[job.state]}", "task_id"
+            )
+        return await self.result(request)
+
+    async def task_cancel(self, request: Request) -> Response:
+        job = await self._own_job(request)
+        if isinstance(job, Response):
+            return job
+        cancelled = await self._call(self.store.cancel, job.id)
+        return JSONResponse(_task(cancelled))
+
+    async def task_retry(self, request: Request) -> Response:
+        """The same job again, as a new task (same fields, the same seed)."""
+        job = await self._own_job(request)
+        if isinstance(job, Response):
+            return job
+        if not job.done:
+            return error_response(400, f"task {job.id} is not completed yet", "task_id")
+        again = await self._create(request, "txt2vid", dict(job.fields))
+        return again if isinstance(again, Response) else JSONResponse(_task(again))
+
+
+def _task(job: JobRecord) -> dict:
+    """A job as BentoML's task API shows a task."""
+
+    def iso(moment: float | None) -> str | None:
+        return datetime.fromtimestamp(moment, UTC).isoformat() if moment else None
+
+    return {
+        "task_id": job.id,
+        "status": TASK_STATUS[job.state],
+        "created_at": iso(job.created_at),
+        "executed_at": iso(job.started_at),
+    }
+
 
 def _event(kind: str, data: dict) -> str:
     return f"event: {kind}\ndata: {dumps(data)}\n\n"
@@ -259,7 +347,8 @@ async def _http_error(request: Request, error: Exception) -> Response:
 
 
 class JobsRoute:
-    """ASGI middleware: requests to /jobs and below go to the jobs API, the rest pass through.
+    """ASGI middleware: requests to /jobs and below, and to txt2vid's task API, go to the jobs API;
+    the rest pass through.
     (A middleware rather than a mounted app: a mount would answer `/jobs` itself with a redirect.)"""
 
     def __init__(self, app: ASGIApp, jobs: Any) -> None:
@@ -268,7 +357,9 @@ class JobsRoute:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] == "http" and (path == PREFIX or path.startswith(f"{PREFIX}/")):
+        if scope["type"] == "http" and (
+            path == PREFIX or path.startswith(f"{PREFIX}/") or path in TASK_ROUTES
+        ):
             await self.jobs()(scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -192,11 +192,18 @@ CORPUS = {
         ("body too large", raw(OVERSIZED), 413, None, "larger than"),
     ],
     "GET /txt2vid/status": [
-        ("task_id missing", {}, 400, None, "task_id"),
-        ("unknown task", {"params": {"task_id": "no-such-job"}}, 404, None, "task_id"),
+        ("task_id missing", {}, 400, "task_id", None),
+        ("malformed task", {"params": {"task_id": "no-such-job"}}, 400, "task_id", None),
+        ("unknown task", {"params": {"task_id": "0" * 32}}, 404, "task_id", None),
     ],
     "GET /txt2vid/get": [
-        ("unknown task", {"params": {"task_id": "no-such-job"}}, 404, None, "task_id"),
+        ("unknown task", {"params": {"task_id": "0" * 32}}, 404, "task_id", None),
+    ],
+    "PUT /txt2vid/cancel": [
+        ("unknown task", {"params": {"task_id": "0" * 32}}, 404, "task_id", None),
+    ],
+    "POST /txt2vid/retry": [
+        ("task_id missing", {}, 400, "task_id", None),
     ],
     "GET /no-such-path": [("unknown path", {}, 404, None, "/no-such-path")],
     "POST /no-such-path": [

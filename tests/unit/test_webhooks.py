@@ -6,13 +6,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from helpers import Receiver, webhook_receiver
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from genserve.serving.processes import free_port
@@ -29,58 +27,10 @@ SECRET = "whsec_" + base64.b64encode(KEY).decode()
 EVENT = {"type": "job.completed", "data": {"id": "job_1", "state": "completed", "seed": 42}}
 
 
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Receiver:
-    """A loopback HTTP server that records every request and answers each path's scripted replies in
-    turn, (status, headers, seconds to wait first), then 200 once the script runs out."""
-
-    port: int = 0
-    script: dict[str, list[tuple[int, dict[str, str], float]]] = field(default_factory=dict)
-    received: list[Received] = field(default_factory=list)
-
-    def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def paths(self) -> list[str]:
-        return [request.path for request in self.received]
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    state = Receiver()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["content-length"]))
-            state.received.append(Received(self.path, dict(self.headers.items()), body))
-            replies = state.script.get(self.path, [])
-            status, headers, wait_s = replies.pop(0) if replies else (200, {}, 0.0)
-            time.sleep(wait_s)
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    state.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with webhook_receiver() as state:
+        yield state
 
 
 def settings(hosts: tuple[str, ...] = ("127.0.0.1",), **overrides) -> WebhookSettings:
