@@ -3,9 +3,10 @@ page.
 
     GENSERVE_URL=http://127.0.0.1:3000 streamlit run frontend/app.py
 
-It talks to the API only through the BentoML client SDK (`client.py`), so it runs as a process
-or Deployment of its own. The sidebar's limits are the server's (`/models`), and the server
-checks every value: when it refuses one, its message, naming the field, is what the user sees.
+It talks to the API only through genserve/clients/ui.py (the BentoML client SDK; text to video is
+a job of /jobs), so it runs as a process or Deployment of its own. The sidebar's limits are the
+server's (`/models`), and the server checks every value: when it refuses one, its message, naming
+the field, is what the user sees.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import base64
 import mimetypes
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, NoReturn
 
 import streamlit as st
 
-from genserve.clients.sdk import TextToVideoJob
+from genserve.clients.api import JOB_ACTIVE, JobProgress
 from genserve.clients.ui import FAILURES, Connection, GenServe, explain
 from genserve.core.presets import (
     MAX_PROMPT_CHARS,
@@ -61,6 +62,8 @@ SOURCES = {False: "An uploaded image", True: "The latest generated image"}
 STILLS = ("txt2img", "img2img", "inpaint")
 #: The strength slider's step: an edit runs int(steps × strength) steps, so a finer one rarely tells.
 STRENGTH_STEP = 0.05
+#: How often the page looks at a running job: its progress bar's refresh.
+JOB_REFRESH_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -351,10 +354,11 @@ def image_to_video(api: GenServe, params: Parameters) -> None:
 
 
 def text_to_video(api: GenServe, params: Parameters) -> None:
-    """A job on the server: its status is shown while it runs, and survives reruns of the page."""
-    job: TextToVideoJob | None = st.session_state.get("job")
+    """A job of /jobs on the server: the session keeps its id, so it survives reruns of the page; its
+    progress is shown while it runs, and it may be cancelled."""
+    job_id: str | None = st.session_state.get("job")
     prompt = prompt_input("t2v_prompt")
-    if st.button("Start video job", type="primary", key="t2v_go", disabled=job is not None):
+    if st.button("Start video job", type="primary", key="t2v_go", disabled=job_id is not None):
         if not prompt.strip():
             st.warning("Write a prompt first.")
         else:
@@ -366,31 +370,56 @@ def text_to_video(api: GenServe, params: Parameters) -> None:
                 seed=params.seed_to_use(),
                 **params.video,
             )
-            job = st.session_state.job = TextToVideoJob(fields)
-    if job is not None:
-        wait_for(api, job)
-    else:
-        show_latest("txt2vid")
-
-
-def wait_for(api: GenServe, job: TextToVideoJob) -> None:
-    status = st.status("Text to video: submitting the job…")
-
-    def report(state: str, elapsed: float) -> None:
-        status.update(label=f"Text to video job {job.task_id}: {state.replace('_', ' ')}, {elapsed:.0f} s")
-
-    try:
-        data = api.txt2vid(job, report)
-    except FAILURES as error:
-        st.session_state.job = None
-        status.update(label="Text to video job failed", state="error")
-        st.error(explain(error, api.connection.url, LABELS))
+            st.session_state.job_outcome = None
+            try:
+                st.session_state.job = api.submit_job("txt2vid", **fields)["id"]
+            except FAILURES as error:
+                st.error(explain(error, api.connection.url, LABELS))
+            else:
+                st.rerun()  # the page again, its Start button off while the job runs
+    if job_id is not None:
+        job_panel(api)
         return
-    # Not cleared when a rerun of the page interrupts the wait: the next run goes on waiting.
-    st.session_state.job = None
-    fields = job.fields
-    remember("txt2vid", data, fields["output_format"], fields["seed"], fields["prompt"])
-    st.rerun()  # the page again, with the video in its tab and the gallery
+    if outcome := st.session_state.get("job_outcome"):
+        level, message = outcome
+        (st.error if level == "error" else st.warning)(message)
+    show_latest("txt2vid")
+
+
+@st.fragment(run_every=JOB_REFRESH_S)
+def job_panel(api: GenServe) -> None:
+    """The job's progress bar and a Cancel button, redrawn every JOB_REFRESH_S on their own (a
+    fragment), so the rest of the page stays usable meanwhile. Once the job has ended, the whole page
+    runs again: a completed job's video in the tab and the gallery, another's end said."""
+    job_id = st.session_state.job
+    if job_id is None:  # ended in a run of the whole page after this fragment's timer was set
+        return
+    bar = st.empty()
+    cancel = st.button("Cancel", key="t2v_cancel")
+    try:
+        if cancel:
+            api.cancel_job(job_id)
+        job = api.job(job_id)
+        data = api.job_result(job_id) if job["state"] == "completed" else None
+    except FAILURES as error:
+        end_job(("error", explain(error, api.connection.url, LABELS)))
+    progress = JobProgress.of(job)
+    if progress.state in JOB_ACTIVE:
+        bar.progress(progress.fraction, text=f"Text to video job {job_id}: {progress.summary()}")
+    elif data is not None:
+        fields = job["fields"]
+        remember("txt2vid", data, fields["output_format"], job["seed"], fields["prompt"])
+        end_job(None)
+    elif progress.state == "cancelled":
+        end_job(("warning", f"Text to video job {job_id} was cancelled; nothing was kept."))
+    else:
+        end_job(("error", f"Text to video job {job_id} failed: {job['error']}"))
+
+
+def end_job(outcome: tuple[Literal["error", "warning"], str] | None) -> NoReturn:
+    """Forget the ended job, keep what to say about it (until the next job), and run the page again."""
+    st.session_state.job, st.session_state.job_outcome = None, outcome
+    st.rerun()
 
 
 def gallery() -> None:
@@ -418,18 +447,16 @@ def main() -> None:
         )
     params = sidebar(api, models)
     t2i, edit, i2v, t2v = st.tabs(["Text → image", "Edit", "Image → video", "Text → video"])
-    below = st.container()
     with t2i:
         text_to_image(api, params)
     with edit:
         edit_image(api, params, models["image"])
     with i2v:
         image_to_video(api, params)
-    with below:  # filled before a text-to-video job may block the rest of this run
-        st.divider()
-        gallery()
     with t2v:
         text_to_video(api, params)
+    st.divider()
+    gallery()
 
 
 main()

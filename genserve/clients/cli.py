@@ -7,10 +7,14 @@
     genserve txt2vid "a red cat" -o cat.gif
     genserve models
 
+Every generating command runs as a job of the jobs API (/jobs): submitted, its progress drawn
+on stderr until it ends, its result saved. Ctrl-C cancels the job on the server.
+
 Only the options given are sent, so the server's preset defaults apply to the rest; the
 server also checks every value, so its error (naming the field) is what a user sees.
 Exit status: 0 on success, 2 when the request was refused as invalid (like a usage error),
-1 for everything else (server unreachable, busy, or failed).
+130 when interrupted (the job cancelled), 1 for everything else (server unreachable, busy, or
+the job failed).
 """
 
 from __future__ import annotations
@@ -18,11 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO, get_args
 
@@ -31,11 +33,12 @@ import httpx
 from genserve.clients.api import (
     CONNECT_TIMEOUT_S,
     DEFAULT_API_URL,
+    JobProgress,
     JobTimeout,
     api_key,
     api_url,
+    follow_job,
     parse_error,
-    wait_for_job,
 )
 from genserve.core.protocol import DEFAULT_TIMEOUT_S, SEED_HEADER
 from genserve.core.schemas import ImageFormat, VideoFormat
@@ -99,13 +102,16 @@ TEXT_TO_VIDEO_OPTIONS = [
 ]
 
 
-class Progress:
-    """Elapsed time and status on stderr: generation takes seconds to minutes, and silence looks hung.
+class ProgressBar:
+    """A job's progress on stderr (its stage, steps done of total, %, ETA): generation takes seconds
+    to minutes, and silence looks hung.
 
     On a terminal one line is redrawn in place; in a log (not a terminal) a line is written only
-    when the status changes and every 10 s, so a long job does not flood it.
+    when the state or the stage changes, at every quarter of the job and every 10 s, so a long job
+    does not flood it.
     """
 
+    WIDTH = 20
     LOG_EVERY_S = 10.0
 
     def __init__(self, label: str, stream: TextIO | None = None) -> None:
@@ -113,46 +119,31 @@ class Progress:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.start = time.monotonic()
-        self.last_status = ""
+        self.logged: tuple[str, str, int] | None = None
         self.next_log = 0.0
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
 
-    def show(self, status: str) -> None:
-        elapsed = self.elapsed()
+    def show(self, job: dict[str, Any]) -> None:
+        progress = JobProgress.of(job)
+        filled = int(progress.fraction * self.WIDTH)
+        line = f"{self.label}: [{'#' * filled}{'.' * (self.WIDTH - filled)}] {progress.summary()}"
         if self.tty:
-            self.stream.write(f"{CLEAR_LINE}{self.label}: {status}, {elapsed:.0f} s")
-        elif status != self.last_status or elapsed >= self.next_log:
-            self.stream.write(f"{self.label}: {status}, {elapsed:.0f} s\n")
-            self.next_log = elapsed + self.LOG_EVERY_S
-        self.last_status = status
+            columns = shutil.get_terminal_size().columns
+            self.stream.write(f"{CLEAR_LINE}{line[: columns - 1]}")  # a wrapped line would not be redrawn
+        else:
+            milestone = (progress.state, progress.stage, int(progress.fraction * 4))
+            if milestone == self.logged and self.elapsed() < self.next_log:
+                return
+            self.stream.write(f"{line}\n")
+            self.logged, self.next_log = milestone, self.elapsed() + self.LOG_EVERY_S
         self.stream.flush()
 
     def finish(self, outcome: str) -> None:
         start_of_line = CLEAR_LINE if self.tty else ""
         self.stream.write(f"{start_of_line}{self.label}: {outcome} in {self.elapsed():.1f} s\n")
         self.stream.flush()
-
-
-@contextmanager
-def ticking(progress: Progress, status: str) -> Iterator[None]:
-    """Redraw `progress` every second from a thread while the main thread blocks on one request."""
-    stop = threading.Event()
-
-    def tick() -> None:
-        while True:
-            progress.show(status)
-            if stop.wait(1.0):
-                return
-
-    thread = threading.Thread(target=tick, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 def error_message(response: httpx.Response) -> CLIError:
@@ -243,26 +234,67 @@ def save(response: httpx.Response, path: Path) -> None:
     print(f"saved {path} (seed {response.headers.get(SEED_HEADER, 'unknown')})")
 
 
-def run_sync(client: Client, label: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    progress = Progress(label)
+def run_job(client: Client, kind: str, **body: Any) -> httpx.Response:
+    """Submit a job of `kind` (its endpoint's body: `json`, or `data` and `files`), draw its progress
+    until it ends, and return its result. Ctrl-C cancels it on the server: nobody would fetch it."""
+    job_id = client.json("POST", f"/jobs/{kind}", **body)["id"]
+    print(f"{kind}: job {job_id}", file=sys.stderr)
+    bar = ProgressBar(kind)
+
+    async def show() -> dict[str, Any]:
+        """The job's document, off the event loop (this client is synchronous)."""
+        return await asyncio.to_thread(client.json, "GET", f"/jobs/{job_id}")
+
     try:
-        with ticking(progress, "generating"):
-            response = client.request(method, path, **kwargs)
-    except CLIError:
-        progress.finish("failed")
+        job = asyncio.run(follow_job(show, client.timeout, bar.show))
+    except KeyboardInterrupt:
+        bar.finish("interrupted")
+        cancel(client, kind, job_id)
         raise
-    progress.finish("done")
-    return response
+    except JobTimeout as timeout:
+        bar.finish("gave up")
+        raise CLIError(f"job {job_id} is {timeout} (see --timeout); it goes on on the server") from None
+    except CLIError:
+        bar.finish("failed")
+        raise
+    if job["state"] != "completed":
+        bar.finish(job["state"])
+        reason = f": {job['error']}" if job.get("error") else ""
+        raise CLIError(f"job {job_id} {job['state']}{reason}")
+    bar.finish("done")
+    return client.request("GET", f"/jobs/{job_id}/result")
+
+
+def cancel(client: Client, kind: str, job_id: str) -> None:
+    """Cancel an interrupted job on the server, and say what became of it."""
+    try:
+        client.request("DELETE", f"/jobs/{job_id}")
+    except CLIError as error:  # it ended meanwhile (409), or the server is gone
+        print(f"{kind}: job {job_id} was not cancelled: {error}", file=sys.stderr)
+    else:
+        print(f"{kind}: cancelled job {job_id} on the server", file=sys.stderr)
+
+
+def post_json(
+    client: Client, args: argparse.Namespace, options: list[Option], kind: str, formats: tuple[str, ...]
+) -> None:
+    """txt2img and txt2vid: the prompt and the options given, as JSON."""
+    body = request_fields(args, options)
+    body |= {"prompt": args.prompt, "output_format": output_format(args, kind, formats)}
+    save(run_job(client, args.command, json=body), args.output)
 
 
 def txt2img(client: Client, args: argparse.Namespace) -> None:
-    body = request_fields(args, IMAGE_OPTIONS)
-    body |= {"prompt": args.prompt, "output_format": output_format(args, "image", IMAGE_FORMATS)}
-    save(run_sync(client, "txt2img", "POST", "/txt2img", json=body), args.output)
+    post_json(client, args, IMAGE_OPTIONS, "image", IMAGE_FORMATS)
+
+
+def txt2vid(client: Client, args: argparse.Namespace) -> None:
+    post_json(client, args, TEXT_TO_VIDEO_OPTIONS, "video", VIDEO_FORMATS)
 
 
 def post_form(client: Client, args: argparse.Namespace, files: dict[str, Path], form: dict[str, Any]) -> None:
-    """POST `files` and `form` as multipart to the endpoint named like the command, and save the result."""
+    """Submit `files` and `form` as multipart, as a job of the kind named like the command; save
+    the result."""
     uploads = {}
     for name, path in files.items():
         try:
@@ -270,8 +302,7 @@ def post_form(client: Client, args: argparse.Namespace, files: dict[str, Path], 
         except OSError as error:
             raise CLIError(f"cannot read {path}: {error.strerror}", code=2) from None
     data = {name: str(value) for name, value in form.items()}
-    response = run_sync(client, args.command, "POST", f"/{args.command}", data=data, files=uploads)
-    save(response, args.output)
+    save(run_job(client, args.command, data=data, files=uploads), args.output)
 
 
 def img2vid(client: Client, args: argparse.Namespace) -> None:
@@ -286,46 +317,6 @@ def edit_image(client: Client, args: argparse.Namespace) -> None:
     form["output_format"] = output_format(args, "image", IMAGE_FORMATS)
     files = {"image": args.image} | ({"mask": args.mask} if args.command == "inpaint" else {})
     post_form(client, args, files, form)
-
-
-def txt2vid(client: Client, args: argparse.Namespace) -> None:
-    """Submit a task, poll its status, then download: a video can take longer than a connection lives."""
-    body = request_fields(args, TEXT_TO_VIDEO_OPTIONS)
-    body |= {"prompt": args.prompt, "output_format": output_format(args, "video", VIDEO_FORMATS)}
-    task_id = client.json("POST", "/txt2vid/submit", json=body)["task_id"]
-    print(f"txt2vid: task {task_id}", file=sys.stderr)
-    progress = Progress("txt2vid")
-
-    async def status() -> str:
-        """One status request, off the event loop (this client is synchronous)."""
-        reply = await asyncio.to_thread(client.json, "GET", "/txt2vid/status", params={"task_id": task_id})
-        return reply["status"]
-
-    def show(now: str, _elapsed_s: float) -> None:
-        progress.show(now)
-
-    try:
-        status = asyncio.run(wait_for_job(status, client.timeout, on_status=show))
-        progress.show(status)
-        if status not in ("completed", "failed"):  # canceled: there is no result to get
-            raise CLIError(f"task {task_id} ended as {status!r}")
-        # A failed task's result is the server's error response, which `request` reports.
-        response = client.request("GET", "/txt2vid/get", params={"task_id": task_id})
-    except JobTimeout:
-        progress.finish("failed")
-        raise CLIError(f"task {task_id} did not finish within {client.timeout:g} s (see --timeout)") from None
-    except CLIError:
-        progress.finish("failed")
-        raise
-    except KeyboardInterrupt:
-        progress.finish("interrupted")
-        print(f"txt2vid: task {task_id} keeps running on the server", file=sys.stderr)
-        raise
-    if status != "completed":  # failed, yet its result was not an error response
-        progress.finish("failed")
-        raise CLIError(f"task {task_id} failed; see the server log")
-    progress.finish("done")
-    save(response, args.output)
 
 
 def models(client: Client, args: argparse.Namespace) -> None:
@@ -395,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--mask", type=Path, required=True, help=mask_help)
         add_options(sub, EDIT_OPTIONS)
 
-    sub = command("txt2vid", txt2vid, "generate a video from a prompt (a background job)", VIDEO_FORMATS)
+    sub = command("txt2vid", txt2vid, "generate a video from a prompt", VIDEO_FORMATS)
     sub.add_argument("prompt", help="what to generate")
     add_options(sub, TEXT_TO_VIDEO_OPTIONS)
 

@@ -42,7 +42,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from grpc_tools import protoc
 
 from genserve.clients.api import api_url, parse_error
-from genserve.clients.sdk import JobCanceled, TextToVideoJob, result, text_to_video, upload
+from genserve.clients.sdk import JobCanceled, result, text_to_video, upload
 from genserve.core.protocol import DEFAULT_TIMEOUT_S, VIDEO_FORMATS, parse_bearer
 from genserve.core.schemas import TextToVideoRequest, VideoRequest, random_seed
 from genserve.core.settings import positive_int
@@ -262,7 +262,7 @@ class Gateway:
 
         async def from_text(client: bentoml.AsyncHTTPClient) -> bytes:
             # A JobTimeout is a TimeoutError: DEADLINE_EXCEEDED, as the call's own deadline.
-            return await text_to_video(client, TextToVideoJob(fields), self.settings.timeout_s)
+            return await text_to_video(client, fields, self.settings.timeout_s)
 
         data = await self._forward(context, from_text if image is None else image_to_video)
         fmt = fields["output_format"]

@@ -1,4 +1,5 @@
-"""The web UI's only way to genserve: the BentoML client SDK, with its failures turned into messages.
+"""The web UI's only way to genserve: the BentoML client SDK, and for the jobs API (/jobs), which the
+SDK does not know, the SDK's own HTTP connection; failures turned into messages.
 
 The UI runs as its own process (or Deployment), so it knows the API only by URL and key
 (GENSERVE_URL, GENSERVE_API_KEY). Files come back from the SDK as paths; they are read into
@@ -7,9 +8,8 @@ memory and removed at once, since a session's client lives as long as the sessio
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +17,8 @@ import bentoml
 import httpx
 from bentoml.exceptions import BentoMLException
 
-from genserve.clients.api import CONNECT_TIMEOUT_S, JobTimeout, api_key, api_url, parse_error, take_file
-from genserve.clients.sdk import JobCanceled, TextToVideoJob, text_to_video, upload
+from genserve.clients.api import CONNECT_TIMEOUT_S, api_key, api_url, parse_error, take_file
+from genserve.clients.sdk import upload
 from genserve.core.protocol import DEFAULT_TIMEOUT_S
 
 
@@ -57,10 +57,13 @@ def explain(error: BentoMLException | httpx.HTTPError | UIError, url: str, label
         return f"Cannot reach the genserve API at {url}: is it running? ({error})"
     if isinstance(error, httpx.TimeoutException):
         return f"The genserve API at {url} did not answer in time; it may be overloaded."
-    if isinstance(error, httpx.HTTPError):
+    if isinstance(error, httpx.HTTPStatusError):  # an answer to a call outside the SDK (/jobs)
+        status, text = error.response.status_code, error.response.text
+    elif isinstance(error, httpx.HTTPError):
         return f"The connection to the genserve API at {url} failed: {error}"
-    status = int(error.error_code)
-    message, fields = parse_error(str(error))
+    else:
+        status, text = int(error.error_code), str(error)
+    message, fields = parse_error(text)
     message = message or "no details"
     if status == 401:
         return f"The API needs a valid key (401: {message}). Set GENSERVE_API_KEY for the UI."
@@ -91,11 +94,16 @@ class GenServe:
                 f"{connection.url} answered, but not as a genserve API ({error}). Check GENSERVE_URL."
             ) from None
 
+    def _http(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """A call to a route the SDK has no method for, on its connection (URL, key, timeouts);
+        an error answer raises httpx.HTTPStatusError."""
+        response = self.sdk.client.request(method, path, **kwargs)
+        response.raise_for_status()
+        return response
+
     def models(self) -> dict[str, Any]:
         """The presets' defaults and limits and the formats, as the server reports them."""
-        response = self.sdk.client.get("/models")
-        response.raise_for_status()
-        return response.json()
+        return self._http("GET", "/models").json()
 
     def field_bounds(self, endpoint: str, field: str, step: float = 0) -> tuple[float, float]:
         """A field's bounds from the endpoint schema the SDK fetched (for those /models leaves out).
@@ -121,16 +129,20 @@ class GenServe:
         with upload(image, filename) as image_path, upload(mask, mask_filename) as mask_path:
             return take_file(self.sdk.inpaint(image=image_path, mask=mask_path, **fields))
 
-    def txt2vid(self, job: TextToVideoJob, on_status: Callable[[str, float], None]) -> bytes:
-        """Submit the job (or go on waiting for it, after a page rerun), report its status while it
-        runs, and return the video. The async client is the SDK's one whose task submission works."""
-        return asyncio.run(self._txt2vid(job, on_status))
+    def submit_job(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """Submit a job of a JSON kind (txt2img, txt2vid) to /jobs; the job as the server shows it."""
+        return self._http("POST", f"/jobs/{kind}", json=fields).json()
 
-    async def _txt2vid(self, job: TextToVideoJob, on_status: Callable[[str, float], None]) -> bytes:
-        async with bentoml.AsyncHTTPClient(self.connection.url, **self.connection.sdk_options()) as sdk:
-            try:
-                return await text_to_video(sdk, job, self.connection.timeout_s, on_status)
-            except JobTimeout as timeout:
-                raise UIError(f"Job {job.task_id} is {timeout}; stopped waiting.") from None
-            except JobCanceled:
-                raise UIError(f"Job {job.task_id} was canceled on the server.") from None
+    def job(self, job_id: str) -> dict[str, Any]:
+        """The job: its state, queue position, progress per stage, ETA, seed, fields, error."""
+        return self._http("GET", f"/jobs/{job_id}").json()
+
+    def cancel_job(self, job_id: str) -> None:
+        """Cancel the job on the server; one that has just ended (409) is left as it ended."""
+        response = self.sdk.client.delete(f"/jobs/{job_id}")
+        if response.status_code != 409:
+            response.raise_for_status()
+
+    def job_result(self, job_id: str) -> bytes:
+        """A completed job's file."""
+        return self._http("GET", f"/jobs/{job_id}/result").content

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import importlib
+import re
+import time
 from http import HTTPStatus
 from pathlib import Path
 from types import ModuleType
@@ -110,24 +112,83 @@ def test_a_generated_image_becomes_a_video(page, settings) -> None:
     assert page.get("video")
 
 
-@pytest.mark.slow
-def test_text_to_video_job_shows_the_video(page, settings) -> None:
+def start_video_job(page: AppTest, frames: int, steps: int, **sliders: int) -> str:
+    """Start a text-to-video job from its tab; its id on the server."""
     page.text_area(key="t2v_prompt").input("a misty forest")
-    page.slider(key="num_frames").set_value(2)
-    page.slider(key="video_steps").set_value(1)
-    page.selectbox(key="video_format").set_value("webp")
-    page.number_input(key="seed").set_value(7)
+    page.slider(key="num_frames").set_value(frames)
+    page.slider(key="video_steps").set_value(steps)
+    for key, value in sliders.items():
+        page.slider(key=key).set_value(value)
     page.button(key="t2v_go").click().run()
     assert not errors(page), errors(page)
+    assert page.button(key="t2v_go").disabled  # one job at a time
+    return page.session_state["job"]
+
+
+def progress_shown(page: AppTest, job_id: str, until: str) -> list[str]:
+    """Run the page again, as the job's panel refreshes itself in a browser (every JOB_REFRESH_S),
+    until a progress text matches `until` or the job has ended; the texts the bar showed."""
+    shown: list[str] = []
+    deadline = time.monotonic() + TIMEOUT
+    while page.session_state["job"] == job_id and time.monotonic() < deadline:
+        texts = [bar.text for bar in page.progress]
+        shown += texts
+        if any(re.search(until, text) for text in texts):
+            break
+        time.sleep(0.3)
+        page.run()
+    assert all(text.startswith(f"Text to video job {job_id}: ") for text in shown), shown
+    return shown
+
+
+@pytest.mark.slow
+def test_text_to_video_job_shows_its_progress_then_the_video(page, server, settings) -> None:
+    page.selectbox(key="video_format").set_value("webp")
+    page.number_input(key="seed").set_value(7)
+    job_id = start_video_job(page, frames=2, steps=10)
+    shown = progress_shown(page, job_id, until="completed")  # never shown: the page moves on
+    assert shown and re.search(r"(queued|running), .*\d+ %", shown[0]), shown
+    assert not errors(page), errors(page)
     assert page.session_state["job"] is None  # finished, not left waiting
+    assert not page.progress and not page.button(key="t2v_go").disabled
     [video] = page.session_state["results"]
     assert (video.origin, video.seed, video.mime) == ("txt2vid", 7, "image/webp")
     assert "a misty forest · seed 7" in [caption.value for caption in page.caption]
     # The page shows the animation itself, not a still that Streamlit re-encoded.
     prefix = "data:image/webp;base64,"
-    [shown, *_] = [url for image in page.image for url in image.value if url.startswith(prefix)]
-    frames, _ = read_video(base64.b64decode(shown.removeprefix(prefix)), "webp")
+    [shown_url, *_] = [url for image in page.image for url in image.value if url.startswith(prefix)]
+    frames, _ = read_video(base64.b64decode(shown_url.removeprefix(prefix)), "webp")
     assert frames.shape == (2, settings.video.preset.height, settings.video.preset.width, 3)
+    job = httpx.get(f"{server}/jobs/{job_id}", timeout=10).json()
+    assert (job["kind"], job["state"], job["seed"]) == ("txt2vid", "completed", 7)
+
+
+def test_cancel_stops_the_job_on_the_server_and_keeps_nothing(page, server) -> None:
+    """A long job (a few seconds on the tiny preset: the most frames and steps it takes), cancelled
+    once its bar shows the steps of a stage under way."""
+    job_id = start_video_job(page, frames=16, steps=25, image_steps=50)
+    shown = progress_shown(page, job_id, until=r"running, (image|video) \d+/\d+ steps, \d+ %")
+    assert page.session_state["job"] == job_id, f"the job ended before it could be cancelled: {shown}"
+    [bar] = page.progress
+    assert 0 <= bar.value < 100
+    page.button(key="t2v_cancel").click().run()
+    assert httpx.get(f"{server}/jobs/{job_id}", timeout=10).json()["state"] == "cancelled"
+    assert [warning.value for warning in page.warning] == [
+        f"Text to video job {job_id} was cancelled; nothing was kept."
+    ]
+    assert page.session_state["job"] is None and not page.session_state["results"]
+    assert not page.progress and not page.button(key="t2v_go").disabled
+    assert httpx.get(f"{server}/jobs/{job_id}/result", timeout=10).status_code == 409
+
+
+def test_a_refused_job_shows_the_servers_message(client, server) -> None:
+    """A job's refusal comes from /jobs (not the SDK), and is explained the same way."""
+    api = client.GenServe(client.Connection(server, None))
+    with pytest.raises(httpx.HTTPStatusError) as refused:
+        api.submit_job("txt2vid", prompt="a misty forest", num_frames=999)
+    [detail] = refused.value.response.json()["detail"]
+    expected = f"The API refused the request (400): Frames (num_frames): {detail['msg']}"
+    assert client.explain(refused.value, server, {"num_frames": "Frames"}) == expected
 
 
 def test_the_edit_tab_edits_the_latest_generated_image(page, server) -> None:
