@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from decoding import read_image, read_video
+from helpers import DEMO
 from PIL import Image
 
 from genserve.core import tiny
@@ -215,18 +216,23 @@ def test_an_edit_has_its_input_size(image_pipes, settings, edit_request, size) -
         assert edit_one(image_pipes, settings, job).shape == (height, width, 3)
 
 
-def test_img2img_follows_its_strength(image_pipes, settings, edit_request) -> None:
-    """Low strength keeps the picture's look; full strength starts from noise and departs from it."""
+def test_img2img_follows_its_strength(demo_models) -> None:
+    """Low strength keeps the picture's look; full strength starts from noise and departs from it.
+    On the demo model: the tiny one's random weights change any picture in one step."""
+    from genserve.core.loading import load_image_pipeline
+    from genserve.core.settings import Settings
+
+    settings = Settings.from_env(DEMO)
+    pipes = ImagePipelines.sharing(load_image_pipeline(settings))
+    request = edit_request_model(settings.image.preset)
     picture = red_circle()
     image = encode_image(picture, "jpeg")  # any upload format
     gentle, strong = (
-        edit_one(
-            image_pipes, settings, EditJob(image=image, request=edit_request(prompt="x", strength=s, seed=3))
-        )
+        edit_one(pipes, settings, EditJob(image=image, request=request(prompt="x", strength=s, seed=3)))
         for s in (0.05, 1.0)
     )
     distance = [np.abs(result.astype(int) - picture).mean() for result in (gentle, strong)]
-    assert distance[0] < distance[1] / 2
+    assert distance[0] < distance[1] / 4
 
 
 def test_inpainting_keeps_every_pixel_outside_the_mask(image_pipes, settings, edit_request) -> None:
