@@ -142,8 +142,8 @@ class JobSettings:
         return cls(
             store_url=environ.get("GENSERVE_JOB_STORE_URL") or None,
             lease_s=seconds(environ, "GENSERVE_JOB_LEASE_S", 30.0, minimum=1.0),
-            retention_s=seconds(environ, "GENSERVE_JOB_RETENTION_S", 24 * 3600.0, minimum=1.0),
-            max_jobs=positive_int(environ, "GENSERVE_JOB_MAX", 1000),
+            retention_s=seconds(environ, "GENSERVE_JOB_RETENTION_S", 3600.0, minimum=1.0),
+            max_jobs=positive_int(environ, "GENSERVE_JOB_MAX", 5000),
             max_result_bytes=positive_int(environ, "GENSERVE_JOB_MAX_RESULT_MB", 64) * 2**20,
             runners=positive_int(environ, "GENSERVE_JOB_RUNNERS", 8),
         )

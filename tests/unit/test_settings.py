@@ -89,7 +89,7 @@ def test_worker_layout_and_cpu_threads() -> None:
 
 def test_job_settings_have_defaults_and_refuse_bad_values() -> None:
     jobs = Settings.from_env({}).jobs
-    assert (jobs.store_url, jobs.lease_s, jobs.max_jobs, jobs.runners) == (None, 30.0, 1000, 8)
+    assert (jobs.store_url, jobs.lease_s, jobs.max_jobs, jobs.runners) == (None, 30.0, 5000, 8)
     assert Settings.from_env({"GENSERVE_JOB_MAX_RESULT_MB": "2"}).jobs.max_result_bytes == 2 * 2**20
     for name, value in (
         ("GENSERVE_JOB_LEASE_S", "0.5"),
