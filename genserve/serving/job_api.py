@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
@@ -110,9 +110,6 @@ class JobsAPI:
         token = bearer_token(request.scope) if self.keyed else None
         return hashlib.sha256(token.encode()).hexdigest()[:32] if token else ""
 
-    async def _call(self, method: Any, *arguments: Any) -> Any:
-        return await asyncio.to_thread(method, *arguments)
-
     async def _own_job(self, request: Request) -> JobRecord | Response:
         """The caller's job named in the path (a task's: in `?task_id=`), or the 4xx that says why not."""
         field = "job_id" if "job_id" in request.path_params else "task_id"
@@ -121,14 +118,14 @@ class JobsAPI:
             return error_response(400, "task_id is required", field)
         if not JOB_ID.fullmatch(job_id):
             return error_response(400, f"{job_id!r} is not a {field} (32 hexadecimal digits)", field)
-        job = await self._call(self.store.get, job_id)
+        job = await asyncio.to_thread(self.store.get, job_id)
         if job is None or job.owner != self.owner(request):
             return error_response(404, f"no job {job_id}", field)
         return job
 
     async def _document(self, job: JobRecord) -> dict:
-        progress = await self._call(self.store.progress, job.id)
-        position = await self._call(self.store.position, job) if job.state == "queued" else None
+        progress = await asyncio.to_thread(self.store.progress, job.id)
+        position = await asyncio.to_thread(self.store.position, job) if job.state == "queued" else None
         return job_document(job, progress, position)
 
     async def submit(self, request: Request) -> Response:
@@ -170,7 +167,7 @@ class JobsAPI:
             callback_url=callback,
         )
         try:
-            await self._call(self.store.create, job, files)
+            await asyncio.to_thread(self.store.create, job, files)
         except StoreFull as error:
             return error_response(503, f"{error}; retry later", headers={"Retry-After": str(RETRY_AFTER_S)})
         return job
@@ -211,8 +208,8 @@ class JobsAPI:
     async def list(self, request: Request) -> Response:
         query = request.query_params
         state = query.get("state")
-        if state is not None and state not in JobState.__args__:
-            return error_response(400, f"state must be one of {', '.join(JobState.__args__)}", "state")
+        if state is not None and state not in get_args(JobState):
+            return error_response(400, f"state must be one of {', '.join(get_args(JobState))}", "state")
         try:
             limit = int(query.get("limit", 20))
             before = float(query["before"]) if "before" in query else None
@@ -220,7 +217,7 @@ class JobsAPI:
             return error_response(400, "limit must be an integer and before a number (a cursor)", "limit")
         if not 1 <= limit <= MAX_LIST:
             return error_response(400, f"limit must be from 1 to {MAX_LIST}", "limit")
-        jobs = await self._call(self.store.list, self.owner(request), state, limit, before)
+        jobs = await asyncio.to_thread(self.store.list, self.owner(request), state, limit, before)
         documents = [await self._document(job) for job in jobs]
         cursor = jobs[-1].created_at if len(jobs) == limit else None
         return JSONResponse({"jobs": documents, "next_before": cursor})
@@ -231,7 +228,7 @@ class JobsAPI:
             return job
         if job.done:
             return error_response(409, f"job {job.id} has already ended: {job.state}", "job_id")
-        cancelled = await self._call(self.store.cancel, job.id)
+        cancelled = await asyncio.to_thread(self.store.cancel, job.id)
         return JSONResponse(await self._document(cancelled))
 
     async def result(self, request: Request) -> Response:
@@ -241,7 +238,7 @@ class JobsAPI:
         if job.state != "completed":
             reason = f": {job.error}" if job.state == "failed" else ""
             return error_response(409, f"job {job.id} is {job.state}{reason}; no result", "job_id")
-        data = await self._call(self.store.blob, job.id, "result")
+        data = await asyncio.to_thread(self.store.blob, job.id, "result")
         if data is None:
             return error_response(404, f"the result of job {job.id} has expired", "job_id")
         extension = job.fields.get("output_format", "bin")
@@ -263,7 +260,7 @@ class JobsAPI:
         last: dict | None = None
         quiet_since = time.monotonic()
         while True:
-            job = await self._call(self.store.get, job_id)
+            job = await asyncio.to_thread(self.store.get, job_id)
             if job is None:
                 yield _event("error", {"error": f"job {job_id} has expired"})
                 return
@@ -308,7 +305,7 @@ class JobsAPI:
         job = await self._own_job(request)
         if isinstance(job, Response):
             return job
-        cancelled = await self._call(self.store.cancel, job.id)
+        cancelled = await asyncio.to_thread(self.store.cancel, job.id)
         return JSONResponse(_task(cancelled))
 
     async def task_retry(self, request: Request) -> Response:

@@ -15,7 +15,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 from pydantic import BaseModel
@@ -76,7 +76,7 @@ class JobRunner:
                 self.slots.release()
                 if time.time() - expired_at > EXPIRE_EVERY_S:
                     expired_at = time.time()
-                    await self._store(self.store.expire, expired_at)
+                    await self._expire(expired_at)
                 await asyncio.sleep(IDLE_POLL_S)
                 continue
             task = asyncio.create_task(self._handle(job), name=f"job-{job.id}")
@@ -90,8 +90,11 @@ class JobRunner:
             logger.warning("could not claim jobs: %r", error)
             return None
 
-    async def _store(self, call: Callable[..., Any], *arguments: Any) -> Any:
-        return await asyncio.to_thread(call, *arguments)
+    async def _expire(self, now: float) -> None:
+        try:
+            await asyncio.to_thread(self.store.expire, now)
+        except Exception as error:  # the store unreachable: the next sweep deletes them
+            logger.warning("could not delete expired jobs: %r", error)
 
     async def _handle(self, job: JobRecord) -> None:
         try:
@@ -116,7 +119,7 @@ class JobRunner:
             outcome = ("completed", produced.data, produced.media_type, None, None)
         else:
             outcome = ("failed", None, None, produced.status, produced.error)
-        return await self._store(self.store.finish, job.id, self.id, *outcome)
+        return await asyncio.to_thread(self.store.finish, job.id, self.id, *outcome)
 
     async def _leased(self, job_id: str, work: Awaitable[Any]) -> Any:
         """Await `work` while renewing the job's lease; None if the lease was lost (the job was
@@ -128,7 +131,7 @@ class JobRunner:
             if done:
                 return task.result()
             try:
-                kept = await self._store(self.store.renew, job_id, self.id, self.lease_s)
+                kept = await asyncio.to_thread(self.store.renew, job_id, self.id, self.lease_s)
             except Exception as error:  # the store unreachable: go on; the lease may still hold
                 logger.warning("job %s: could not renew its lease: %r", job_id, error)
                 continue
@@ -140,7 +143,9 @@ class JobRunner:
     async def produce(self, job: JobRecord) -> Produced:
         """What the job's endpoint would make of its fields and files."""
         request = self.models[job.kind](**job.fields)
-        files = {name: await self._store(self.store.blob, job.id, name) for name in FILES.get(job.kind, ())}
+        files = {
+            name: await asyncio.to_thread(self.store.blob, job.id, name) for name in FILES.get(job.kind, ())
+        }
         options = {"job_id": job.id, "wait_if_busy": True}
         if job.kind == "txt2img":
             return await self.producer.image(request, **options)
@@ -153,7 +158,7 @@ class JobRunner:
 
     async def _deliver(self, job: JobRecord) -> None:
         """The job's webhook, signed, retried, under the job's lease; recorded as delivered or not."""
-        progress = await self._store(self.store.progress, job.id)
+        progress = await asyncio.to_thread(self.store.progress, job.id)
         event = {
             "type": f"job.{job.state}",
             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(job.finished_at)),
@@ -164,4 +169,4 @@ class JobRunner:
             job.id, deliver(job.callback_url, event, f"msg_{job.id}", self.webhooks)
         )
         if delivered is not None:
-            await self._store(self.store.webhook_done, job.id, self.id, delivered)
+            await asyncio.to_thread(self.store.webhook_done, job.id, self.id, delivered)
