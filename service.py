@@ -218,8 +218,8 @@ class GenServe:
     @bentoml.on_startup
     async def run_jobs(self) -> None:
         """This worker's share of the jobs API's work (genserve/serving/job_runner.py)."""
-        runner = JobRunner(job_store(settings), self.produce, JOB_MODELS, settings, WEBHOOKS)
-        self.job_runner = asyncio.create_task(runner.run_forever(), name="job-runner")
+        self.job_runner = JobRunner(job_store(settings), self.produce, JOB_MODELS, settings, WEBHOOKS)
+        self.job_runs = asyncio.create_task(self.job_runner.run_forever(), name="job-runner")
 
     @bentoml.api(route="/txt2img", input_spec=TextToImage)
     async def txt2img(self, ctx: bentoml.Context, **fields: Any) -> ImageFile:
@@ -261,7 +261,8 @@ class GenServe:
 @functools.cache
 def jobs_app() -> Starlette:
     """The jobs API (`/jobs`), built on first use: importing service.py opens no store."""
-    return JobsAPI(job_store(settings), JOB_MODELS, settings, WEBHOOKS).app()
+    runner = bentoml.get_current_service().job_runner  # this worker's, started before any request
+    return JobsAPI(job_store(settings), JOB_MODELS, settings, WEBHOOKS, submitted=runner.wake).app()
 
 
 def respond(produced: Produced) -> Response:

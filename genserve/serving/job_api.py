@@ -26,7 +26,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any, get_args
 
@@ -78,11 +78,13 @@ class JobsAPI:
         models: dict[JobKind, type[BaseModel]],
         settings: Settings,
         webhooks: WebhookSettings,
+        submitted: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.models = models
         self.settings = settings
         self.webhooks = webhooks
+        self.submitted = submitted  # told of every new job: this worker's runner starts it at once
         self.keyed = bool(settings.api_keys) or settings.api_keys_file is not None
 
     def app(self) -> Starlette:
@@ -170,6 +172,7 @@ class JobsAPI:
             await asyncio.to_thread(self.store.create, job, files)
         except StoreFull as error:
             return error_response(503, f"{error}; retry later", headers={"Retry-After": str(RETRY_AFTER_S)})
+        self.submitted()
         return job
 
     async def _read(self, request: Request, kind: str) -> tuple[dict[str, Any], dict[str, bytes]]:

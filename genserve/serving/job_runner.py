@@ -10,6 +10,7 @@ with the seed it was submitted with: the same result, nothing accepted lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -43,7 +44,7 @@ STAGES: dict[JobKind, tuple[str, ...]] = {
     "img2vid": ("video",),
     "txt2vid": ("image", "video"),
 }
-IDLE_POLL_S = 0.2  # how often an idle runner looks for work
+IDLE_POLL_S = 0.2  # how often an idle runner looks for work submitted to other workers
 EXPIRE_EVERY_S = 60.0  # how often a runner deletes expired jobs
 
 
@@ -66,6 +67,11 @@ class JobRunner:
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.slots = asyncio.Semaphore(settings.jobs.runners)
         self.running: set[asyncio.Task] = set()
+        self._work_arrived = asyncio.Event()
+
+    def wake(self) -> None:
+        """A job was submitted in this worker: look now rather than at the next poll."""
+        self._work_arrived.set()
 
     async def run_forever(self) -> None:
         expired_at = 0.0
@@ -77,7 +83,9 @@ class JobRunner:
                 if time.time() - expired_at > EXPIRE_EVERY_S:
                     expired_at = time.time()
                     await self._expire(expired_at)
-                await asyncio.sleep(IDLE_POLL_S)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._work_arrived.wait(), IDLE_POLL_S)
+                self._work_arrived.clear()
                 continue
             task = asyncio.create_task(self._handle(job), name=f"job-{job.id}")
             self.running.add(task)

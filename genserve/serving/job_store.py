@@ -311,6 +311,10 @@ class SQLiteJobStore(JobStore):
 
     def claim(self, runner: str, lease_s: float) -> JobRecord | None:
         now = time.time()
+        with self._connect() as db:  # idle runners poll: look without taking the write lock
+            query = "SELECT 1 FROM jobs WHERE lease_until < ? OR state = 'queued' LIMIT 1"
+            if db.execute(query, (now,)).fetchone() is None:
+                return None
         with self._writing() as db:
             row = db.execute(
                 "SELECT doc FROM jobs WHERE lease_until < ? ORDER BY lease_until LIMIT 1", (now,)
