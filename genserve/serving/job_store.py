@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -218,6 +219,7 @@ class SQLiteJobStore(JobStore):
     def __init__(self, path: Path, limits: StoreLimits) -> None:
         super().__init__(limits)
         self.path = path
+        self._connections = threading.local()
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
@@ -238,11 +240,17 @@ class SQLiteJobStore(JobStore):
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            yield db
-        finally:
-            db.close()
+        """This thread's connection, opened once: the async callers' calls run in a pool of
+        threads, and a poll of a job's status should not pay for opening the file."""
+        db = getattr(self._connections, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            # Durable across a crash of any process; a power cut may lose the last moments, as
+            # Redis's appendfsync everysec would: a sync to disk per commit (each step's progress)
+            # costs more.
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._connections.db = db
+        yield db
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[sqlite3.Connection]:
