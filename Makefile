@@ -21,15 +21,15 @@ $(INSTALLED): requirements/*.txt pyproject.toml
 	$(BIN)/pip install --quiet -r requirements/dev.txt -e .
 	touch $@
 
-# The default presets into the BentoML model store, skipped when already there: the demo image
-# model (weights committed under models/demo/) and the tiny preset (built here, random weights:
-# the default video model until the demo's is trained, and the tests' models).
+# The default presets into the BentoML model store, skipped when already there: the demo models
+# (weights committed under models/demo/) and the tiny preset (built here, random weights: the
+# tests' models).
 models: setup
-	$(BIN)/python models/import_models.py --image demo
+	$(BIN)/python models/import_models.py --image demo --video demo
 	$(BIN)/python models/import_models.py --image tiny --video tiny
 
-# Trains the demo image model again into models/demo/ (about 23 minutes on 2 idle cores);
-# `make models` then imports the new weights.
+# Trains the demo models again into models/demo/ (about 23 minutes for the image model, then 11
+# for the video model, on 2 idle cores); `make models` then imports the new weights.
 demo-model: setup
 	$(BIN)/python models/train_demo.py --out models/demo
 

@@ -1,10 +1,12 @@
-"""How well the served demo image model follows its prompts: `make demo-accuracy` (python -m bench.demo).
+"""How well the served demo models follow their prompts: `make demo-accuracy` (python -m bench.demo).
 
-One `bentoml serve` of the demo preset. Prompts sampled from the grammar (genserve/core/shapes.py) go to
-/txt2img 16 at a time, so that they batch, and the checker reads each picture back. Then pictures
+One `bentoml serve` of the demo presets. Prompts sampled from the grammar (genserve/core/shapes.py) go
+to /txt2img 16 at a time, so that they batch, and the checker reads each picture back. Then pictures
 drawn from the grammar are edited, their shape given another colour, by /img2img and by /inpaint
-with a mask around the shape. It writes demo.md (the share right, per part of a prompt, and of the
-edits) and a figure (the README's docs/demo.png): the first pictures under their prompts.
+with a mask around the shape, and turned into videos by /img2vid, whose frames are read back. It
+writes demo.md (the share right, per part of a prompt, of the edits and of the videos) and two
+figures (the README's docs/demo.png and docs/demo-video.png): the first pictures under their
+prompts, and the first videos frame by frame.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageSequence
 
 from bench.servers import ROOT, start
 from genserve.core.media import encode_image
@@ -30,8 +32,11 @@ from genserve.core.shapes import (
     draw,
     parse,
     read_picture,
+    read_video,
+    resolve,
     sample_prompt,
     sample_scene,
+    starts_as,
 )
 from genserve.serving.processes import batch_sizes, demo_import_command, serve_command, tiny_import_command
 
@@ -107,6 +112,43 @@ def edits_right(url: str, count: int, together: int, rng: np.random.Generator) -
     return {name: float(np.mean(values)) for name, values in right.items()}
 
 
+def _gif_frames(data: bytes) -> np.ndarray:
+    animation = Image.open(io.BytesIO(data))
+    return np.stack([np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(animation)])
+
+
+def videos_for(url: str, pictures: list[np.ndarray], together: int) -> list[np.ndarray]:
+    """/img2vid of each picture (seed = index) at the preset's defaults, sent `together` at a time; the
+    frames of each, as an animated GIF brings them (flat colours survive its palette)."""
+    videos: list[np.ndarray] = []
+    for first in range(0, len(pictures), together):
+        requests = [
+            {
+                "url": "/img2vid",
+                "files": {"image": ("picture.png", _png(picture), "image/png")},
+                "data": {"seed": first + i, "output_format": "gif"},
+            }
+            for i, picture in enumerate(pictures[first : first + together])
+        ]
+        for response in asyncio.run(_post_all(url, requests)):
+            response.raise_for_status()
+            videos.append(_gif_frames(response.content))
+    return videos
+
+
+def videos_right(pictures: list[np.ndarray], videos: list[np.ndarray]) -> dict[str, float]:
+    """The share of videos that start as their picture, keep its look (background, colour, shape) on
+    every frame, and move the shape by at least 1/16 of the side."""
+    readings = [read_video(video) for video in videos]
+    return {
+        "start as their picture": float(
+            np.mean([starts_as(video, picture) for video, picture in zip(videos, pictures, strict=True)])
+        ),
+        "keep its look": float(np.mean([reading.keeps_look for reading in readings])),
+        "move it by ≥ 1/16 of the side": float(np.mean([reading.moved() for reading in readings])),
+    }
+
+
 def mean_batch_size(url: str) -> float:
     """Requests per batch the image generator has run, from BentoML's adaptive-batching histogram."""
     totals = batch_sizes(url)
@@ -142,8 +184,10 @@ def report(
     costs: dict[str, tuple[float, float]],
     edits: dict[str, float],
     edited: int,
+    videos: dict[str, float],
+    animated: int,
     started: str,
-    figure: str,
+    figures: tuple[str, str],
 ) -> str:
     """The report: the share of pictures right, per part of a prompt and whole."""
     agreements = [reading.agrees(parse(prompt)) for prompt, reading in zip(prompts, readings, strict=True)]
@@ -178,7 +222,16 @@ def report(
         "|---|---|",
         *[f"| {name} | {share:.0%} |" for name, share in edits.items()],
         "",
-        f"![The first prompts and their pictures]({figure})",
+        f"Videos: {animated} pictures drawn for prompts sampled from the grammar, sent to `/img2vid` "
+        f"{together} at a time with the preset's defaults (motion bucket 127); each frame read back:",
+        "",
+        "| videos that | share |",
+        "|---|---|",
+        *[f"| {name} | {share:.0%} |" for name, share in videos.items()],
+        "",
+        f"![The first prompts and their pictures]({figures[0]})",
+        "",
+        f"![The first videos, frame by frame]({figures[1]})",
         "",
     ]
     return "\n".join(lines)
@@ -202,6 +255,24 @@ def plot(prompts: list[str], pictures: list[np.ndarray], path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
+def plot_videos(videos: list[np.ndarray], path: Path, rows: int = 4) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = len(videos[0])
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.2, rows * 1.25))
+    for row, video in zip(axes, videos, strict=False):
+        for frame, (axis, pixels) in enumerate(zip(row, video, strict=True)):
+            axis.imshow(pixels, interpolation="nearest")
+            axis.set_xticks([])
+            axis.set_yticks([])
+            axis.set_title(f"frame {frame}", fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
 def _wrapped(prompt: str, width: int = 26) -> str:
     lines, line = [], ""
     for word in prompt.split():
@@ -220,13 +291,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompts", type=int, default=48, help="prompts sampled from the grammar")
     parser.add_argument("--together", type=int, default=16, help="prompts sent at once")
     parser.add_argument("--edits", type=int, default=32, help="pictures edited, by each kind of edit")
+    parser.add_argument("--videos", type=int, default=32, help="pictures turned into videos")
     parser.add_argument("--seed", type=int, default=2026, help="seeds the sampling of the prompts")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where to write demo.md")
     parser.add_argument("--figure", type=Path, help="the figure's path (default: demo.png beside demo.md)")
     args = parser.parse_args(argv)
-    os.environ.update(GENSERVE_IMAGE_PRESET="demo", GENSERVE_VIDEO_PRESET="tiny")  # what it measures
+    os.environ.update(GENSERVE_IMAGE_PRESET="demo", GENSERVE_VIDEO_PRESET="demo")  # what it measures
     args.out.mkdir(parents=True, exist_ok=True)
     figure = args.figure or args.out / "demo.png"
+    video_figure = figure.with_name("demo-video.png")
     for command in (demo_import_command(), tiny_import_command()):
         subprocess.run(command, cwd=ROOT, check=True)
     rng = np.random.default_rng(args.seed)
@@ -237,16 +310,32 @@ def main(argv: list[str] | None = None) -> None:
         pictures = pictures_for(server.url, prompts, args.together)
         batch = mean_batch_size(server.url)
         edits = edits_right(server.url, args.edits, args.together, rng)
+        animated = [draw(resolve(sample_prompt(rng), rng), 64, rng) for _ in range(args.videos)]
+        videos = videos_for(server.url, animated, args.together)
     finally:
         server.stop()
     costs = {preset: cost_per_image(preset, args.together) for preset in ("demo", "tiny")}
     readings = [read_picture(picture) for picture in pictures]
-    relative = os.path.relpath(figure, args.out)
-    text = report(prompts, readings, args.together, batch, costs, edits, args.edits, started, relative)
+    relative = tuple(os.path.relpath(path, args.out) for path in (figure, video_figure))
+    shares = videos_right(animated, videos)
+    text = report(
+        prompts,
+        readings,
+        args.together,
+        batch,
+        costs,
+        edits,
+        args.edits,
+        shares,
+        args.videos,
+        started,
+        relative,
+    )
     plot(prompts, pictures, figure)
+    plot_videos(videos, video_figure)
     (args.out / "demo.md").write_text(text)
     print(text)
-    print(f"written: {args.out / 'demo.md'}, {figure}")
+    print(f"written: {args.out / 'demo.md'}, {figure}, {video_figure}")
 
 
 if __name__ == "__main__":

@@ -1,31 +1,56 @@
-"""Train the demo image model on pictures genserve draws itself, on the CPU.
+"""Train the demo image and video models on pictures and clips genserve draws itself, on the CPU.
 
-    python models/train_demo.py --out models/demo    # `make demo-model`: ~23 minutes on 2 idle cores
+    python models/train_demo.py --out models/demo                 # `make demo-model` (docs/demo-training.md)
+    python models/train_demo.py --out models/demo --parts video   # the video model on OUT/image's VAE
 
-Seeded end to end. It draws a dataset of coloured shapes with their prompts (`genserve.core.shapes`),
-trains the VAE to reconstruct them, then the MMDiT and the text encoders together with SD3's
-flow-matching loss on the VAE's latents, and saves the pipeline in the diffusers layout that
-`from_pretrained` (and so the model store) reads, under OUT/image. At the end it generates
-pictures for prompts sampled from the grammar and reports how many the checker reads as asked.
+Seeded end to end. Image: it draws a dataset of coloured shapes with their prompts
+(`genserve.core.shapes`), trains the VAE to reconstruct them, then the MMDiT and the text encoders
+together with SD3's flow-matching loss on the VAE's latents. Video: it draws clips of those shapes
+moving and trains SVD's UNet on them, with SVD's EDM objective, on the image model's VAE. Each
+pipeline is saved in the diffusers layout that `from_pretrained` (and so the model store) reads,
+under OUT/image and OUT/video, and evaluated: generated, then read back by the checker.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import StableDiffusion3Pipeline
+from diffusers import AutoencoderKL, DiffusionPipeline, StableDiffusion3Pipeline, StableVideoDiffusionPipeline
+from PIL import Image
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from genserve.core.demo import MAX_TOKENS, SIDE, TIMESTEP_SHIFT, build_demo_image_pipeline
-from genserve.core.shapes import Scene, draw, parse, prompt_for, read_picture, sample_prompt, sample_scene
+from genserve.core.demo import (
+    FRAMES,
+    MAX_TOKENS,
+    SIDE,
+    TIMESTEP_SHIFT,
+    build_demo_image_pipeline,
+    build_demo_video_pipeline,
+)
+from genserve.core.shapes import (
+    DIRECTIONS,
+    Scene,
+    draw,
+    draw_clip,
+    parse,
+    prompt_for,
+    read_picture,
+    read_video,
+    resolve,
+    sample_prompt,
+    sample_scene,
+    starts_as,
+)
 
 #: A share of the training prompts is empty, so classifier-free guidance has an unconditional model.
 UNCONDITIONAL_SHARE = 0.1
@@ -198,14 +223,37 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="where to save the pipeline (in its image/)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=("image", "video"),
+        default=["image", "video"],
+        help="which models to train; the video model alone uses OUT/image's VAE",
+    )
     args = parser.parse_args(argv)
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
+    if "image" in args.parts:
+        pipe, _ = train_part("image", lambda rng: train_image_model(Plan(), rng, args.seed), args.seed)
+        pipe.save_pretrained(args.out / "image")
+        vae = pipe.vae
+    else:
+        vae = AutoencoderKL.from_pretrained(args.out / "image" / "vae")
+    if "video" in args.parts:
+        pipe, _ = train_part(
+            "video", lambda rng: train_video_model(VideoPlan(), rng, args.seed, vae), args.seed
+        )
+        pipe.save_pretrained(args.out / "video")
+
+
+def train_part(
+    part: str, train: Callable[[np.random.Generator], tuple[DiffusionPipeline, dict[str, float]]], seed: int
+) -> tuple[DiffusionPipeline, dict[str, float]]:
+    """Seed, train and time one model; print how long it took and how accurate it is."""
+    torch.manual_seed(seed)
     started = time.perf_counter()
-    pipe, shares = train_image_model(Plan(), rng, args.seed)
-    print(f"image model trained in {(time.perf_counter() - started) / 60:.1f} min")
+    pipe, shares = train(np.random.default_rng(seed))
+    print(f"{part} model trained in {(time.perf_counter() - started) / 60:.1f} min")
     print("accuracy:", {name: f"{share:.0%}" for name, share in shares.items()})
-    pipe.save_pretrained(args.out / "image")
+    return pipe, shares
 
 
 def train_image_model(
@@ -217,6 +265,190 @@ def train_image_model(
     train_vae(pipe, pictures, plan, rng)
     train_transformer(pipe, scenes, encode_latents(pipe, pictures), plan, rng)
     return pipe, evaluate(pipe, plan, seed + 1)
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    """How long each part of the video model trains."""
+
+    clips: int = 1000
+    unet_steps: int = 1500
+    unet_batch: int = 4
+    #: Log-normal noise levels (EDM's): log sigma ~ N(mean, std).
+    sigma_log_mean: float = 0.5
+    sigma_log_std: float = 1.5
+    eval_clips: int = 20
+    eval_steps: int = 10
+    #: The pipeline's noise augmentation of the conditioning picture (the presets' default).
+    noise_aug_strength: float = 0.02
+
+
+@dataclass(frozen=True)
+class Clips:
+    """Drawn clips, each in every direction the shapes move in (same scene, start and speed)."""
+
+    frames: torch.Tensor  # N x directions x F x H x W x 3, uint8
+    motion_buckets: torch.Tensor  # N
+
+    def pictures(self, indices: torch.Tensor, direction: int = 0) -> torch.Tensor:
+        """Frames of the clips at `indices` in one direction, as floats in [-1, 1] (n x F x 3 x H x W)."""
+        return self.frames[indices, direction].permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+
+
+def draw_clips(count: int, rng: np.random.Generator) -> Clips:
+    """`count` scenes from the grammar, each drawn as a clip in every direction of DIRECTIONS, at a
+    motion bucket drawn from SVD's 0-255."""
+    buckets = rng.integers(0, 256, size=count)
+    clips = []
+    for bucket in buckets:
+        scene, seed = sample_scene(rng), int(rng.integers(2**32))
+        clips.append(
+            [
+                draw_clip(scene, SIDE, FRAMES, int(bucket), np.random.default_rng(seed), direction)
+                for direction in DIRECTIONS
+            ]
+        )
+    return Clips(torch.from_numpy(np.stack(clips)), torch.from_numpy(buckets).float())
+
+
+def direction_of(noise: torch.Tensor) -> torch.Tensor:
+    """The direction (index into DIRECTIONS) that each clip's noise (n x F x C x h x w) picks: by
+    the signs and sizes of its first two channels' means, so each is equally likely for noise as the
+    pipeline draws it. Training pairs each clip's noise with the clip moving that way, so the seed
+    picks the direction and the model reads it from the noise from the first step, instead of
+    averaging the directions (a blur that stays put) until late in sampling."""
+    means = noise[:, :, :2].mean(dim=(1, 3, 4))  # n x 2: (x, y)
+    scores = torch.stack([means[:, 0], -means[:, 0], means[:, 1], -means[:, 1]], dim=1)
+    return scores.argmax(dim=1)  # the order of DIRECTIONS: right, left, down, up
+
+
+@torch.no_grad()
+def video_conditions(
+    pipe: StableVideoDiffusionPipeline, clips: Clips, plan: VideoPlan
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the UNet sees of each clip, as the pipeline prepares it: the latents of the clip in each
+    direction, scaled to unit variance (the VAE's config gets the scale), the first frame's latents
+    after the pipeline's noise augmentation (unscaled, as SVD conditions), and the first frame's
+    CLIP embedding."""
+    count, directions = clips.frames.shape[:2]
+    means = torch.stack(
+        [
+            torch.cat(
+                [
+                    encoded(pipe.vae, clips.pictures(chunk, d).flatten(0, 1))
+                    for chunk in torch.arange(count).split(32)
+                ]
+            )
+            for d in range(directions)
+        ],
+        dim=1,
+    )  # (count * F) per direction
+    scale = 1 / means.std().item()
+    pipe.vae.register_to_config(scaling_factor=scale)
+    latents = (means * scale).unflatten(0, (count, FRAMES))  # count x F x directions x ...
+    latents = latents.transpose(1, 2)  # count x directions x F x C x h x w
+    first = clips.pictures(torch.arange(count))[:, 0]
+    conditions = encoded(pipe.vae, first + plan.noise_aug_strength * torch.randn_like(first))
+    pictures = [Image.fromarray(picture) for picture in to_uint8(first)]
+    # The pipeline's own preprocessing (resize to 224 with antialiasing, CLIP's normalisation).
+    embeddings = torch.cat(
+        [pipe._encode_image(pictures[i : i + 256], "cpu", 1, False) for i in range(0, len(pictures), 256)]
+    )
+    return latents, conditions, embeddings
+
+
+def to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """Pictures N x 3 x H x W in [-1, 1] as N x H x W x 3 uint8."""
+    return ((pixels.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+
+
+def train_unet(
+    pipe: StableVideoDiffusionPipeline, clips: Clips, plan: VideoPlan, rng: np.random.Generator
+) -> list[float]:
+    """SVD's objective in EDM's form: x = x0 + sigma n with log-normal sigma; the UNet reads
+    x / sqrt(sigma^2 + 1) beside the conditioning latents, at timestep log(sigma) / 4, and predicts
+    v, from which the scheduler's step recovers x0. A share of the clips lose both conditions (the
+    pipeline's unconditional half for guidance); fps varies so that the model ignores it."""
+    latents, conditions, embeddings = video_conditions(pipe, clips, plan)
+    unet = pipe.unet.train().requires_grad_(True)
+    average = AveragedModel(unet, avg_fn=exponential_average)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=0.01)
+    schedule = warm_then_cosine(optimizer, plan.unet_steps)
+    losses: list[float] = []
+    progress = tqdm(range(plan.unet_steps), desc="UNet")
+    for _ in progress:
+        indices = torch.from_numpy(rng.integers(len(latents), size=plan.unet_batch))
+        noise = torch.randn(len(indices), *latents.shape[2:])
+        clean = latents[indices, direction_of(noise)]
+        kept = (torch.rand(len(indices)) >= UNCONDITIONAL_SHARE).float()
+        condition = conditions[indices] * kept[:, None, None, None]
+        embedding = embeddings[indices] * kept[:, None, None]
+        sigma = torch.exp(plan.sigma_log_mean + plan.sigma_log_std * torch.randn(len(indices)))
+        s = sigma[:, None, None, None, None]
+        noisy = clean + s * noise
+        inputs = torch.cat([noisy / (s**2 + 1).sqrt(), condition[:, None].expand_as(clean)], dim=2)
+        fps = torch.from_numpy(rng.integers(3, 30, size=len(indices))).float()
+        added = torch.stack(
+            [fps, clips.motion_buckets[indices], torch.full_like(fps, plan.noise_aug_strength)], 1
+        )
+        predicted = unet(
+            inputs, 0.25 * sigma.log(), encoder_hidden_states=embedding, added_time_ids=added
+        ).sample
+        target = (noisy / (s**2 + 1) - clean) * (s**2 + 1).sqrt() / s
+        loss = F.mse_loss(predicted, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        average.update_parameters(unet)
+        losses.append(loss.item())
+        progress.set_postfix(loss=f"{losses[-1]:.4f}")
+    with torch.no_grad():
+        for trained, averaged in zip(unet.parameters(), average.module.parameters(), strict=True):
+            trained.copy_(averaged)
+    unet.eval().requires_grad_(False)
+    return losses
+
+
+@torch.no_grad()
+def evaluate_video(pipe: StableVideoDiffusionPipeline, plan: VideoPlan, seed: int) -> dict[str, float]:
+    """Videos of pictures drawn for prompts sampled from the grammar, at the pipeline's defaults,
+    read back: the share that start as their picture, keep its look on every frame, and move it by
+    1/16 of the side."""
+    rng = np.random.default_rng(seed)
+    pictures = [draw(resolve(sample_prompt(rng), rng), SIDE, rng) for _ in range(plan.eval_clips)]
+    videos = pipe(
+        image=[Image.fromarray(picture) for picture in pictures],
+        height=SIDE,
+        width=SIDE,
+        num_frames=FRAMES,
+        num_inference_steps=plan.eval_steps,
+        noise_aug_strength=plan.noise_aug_strength,
+        generator=[torch.Generator().manual_seed(seed + i) for i in range(len(pictures))],
+        output_type="np",
+    ).frames
+    frames = [(video * 255).round().astype(np.uint8) for video in videos]
+    readings = [read_video(video) for video in frames]
+    return {
+        "starts as its picture": float(
+            np.mean([starts_as(video, picture) for video, picture in zip(frames, pictures, strict=True)])
+        ),
+        "keeps its look": float(np.mean([reading.keeps_look for reading in readings])),
+        "moves": float(np.mean([reading.moved() for reading in readings])),
+    }
+
+
+def train_video_model(
+    plan: VideoPlan, rng: np.random.Generator, seed: int, vae: AutoencoderKL
+) -> tuple[StableVideoDiffusionPipeline, dict[str, float]]:
+    """The demo video pipeline trained from scratch on the image model's VAE (a copy: the video
+    model's latents get their own scale), and its accuracy (`evaluate_video`)."""
+    pipe = build_demo_video_pipeline(seed)
+    pipe.vae = copy.deepcopy(vae).eval().requires_grad_(False)
+    clips = draw_clips(plan.clips, rng)
+    train_unet(pipe, clips, plan, rng)
+    return pipe, evaluate_video(pipe, plan, seed + 1)
 
 
 if __name__ == "__main__":

@@ -175,7 +175,7 @@ def expect(condition: bool, message: str) -> None:
 
 def generate(url: str) -> None:
     """An image, then a video of it, through the published port; both decoded and checked."""
-    image_preset, video_preset = IMAGE_PRESETS["demo"], VIDEO_PRESETS["tiny"]
+    image_preset, video_preset = IMAGE_PRESETS["demo"], VIDEO_PRESETS["demo"]
     with httpx.Client(base_url=url, timeout=600) as client:
         answer = client.post("/txt2img", json={"prompt": PROMPT, "seed": 7})
         expect(answer.status_code == 200, f"txt2img: {answer.status_code} {answer.text[:500]}")

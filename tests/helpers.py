@@ -34,7 +34,7 @@ from genserve.serving.processes import stop_process_tree as stop
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"GENSERVE_IMAGE_PRESET": "tiny", "GENSERVE_VIDEO_PRESET": "tiny"}
-DEMO = {"GENSERVE_IMAGE_PRESET": "demo", "GENSERVE_VIDEO_PRESET": "tiny"}  # no demo video model yet
+DEMO = {"GENSERVE_IMAGE_PRESET": "demo", "GENSERVE_VIDEO_PRESET": "demo"}
 ENV_KEYS = ("env-key-one", "env-key-two")
 FILE_KEY = "file-key-three"
 

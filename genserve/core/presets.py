@@ -205,6 +205,20 @@ VIDEO_PRESETS: dict[str, VideoPreset] = {
             cpu_threads=TINY_CPU_THREADS,
             embedded=True,
         ),
+        VideoPreset(
+            name="demo",  # trained on the CPU to move the demo's shapes (genserve/core/shapes.py)
+            source=f"bentoml:{store_tag('video', 'demo')}",
+            cuda_dtype="float32",
+            variant=None,
+            width=64,  # the size and length it was trained at
+            height=64,
+            default_frames=8,
+            max_frames=8,
+            default_steps=10,
+            max_steps=50,
+            batching=Batching(max_batch_size=8, max_latency_ms=120_000),
+            embedded=True,
+        ),
         _SVD_XT,
         replace(
             _SVD_XT,

@@ -20,10 +20,9 @@ N = TypeVar("N", int, float)
 B = TypeVar("B", bool, None)
 P = TypeVar("P", ImagePreset, VideoPreset)
 DEVICES = ("auto", "cpu", "cuda")
-#: The presets when none is chosen. The demo image model, trained by genserve, shows on a CPU what
-#: it does; the demo video model is not trained yet (docs/demo-training.md), so video is tiny's.
+#: The presets when none is chosen: the demo models, trained by genserve, show on a CPU what it does.
 DEFAULT_IMAGE_PRESET = "demo"
-DEFAULT_VIDEO_PRESET = "tiny"
+DEFAULT_VIDEO_PRESET = "demo"
 #: Default queue bound of a generator, in batches: enough to keep it busy, short enough that a
 #: queued request is served long before its timeout.
 QUEUE_BATCHES = 4

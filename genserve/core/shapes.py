@@ -260,16 +260,23 @@ def draw(scene: Scene, side: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def draw_clip(
-    scene: Scene, side: int, frames: int, motion_bucket_id: int, rng: np.random.Generator
+    scene: Scene,
+    side: int,
+    frames: int,
+    motion_bucket_id: int,
+    rng: np.random.Generator,
+    direction: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """`frames` pictures (frames x side x side x 3, uint8) of `scene`'s shape moving: what the demo
     video model learns. The shape starts anywhere (a picture a user drew may put it anywhere), moves
-    in a direction `rng` picks, at a speed that grows with `motion_bucket_id` (0-255, as SVD's), and
-    bounces off the margins so that it keeps moving. The first frame is a picture like `draw`'s."""
+    in `direction` (one of DIRECTIONS; by default `rng` picks), at a speed that grows with
+    `motion_bucket_id` (0-255, as SVD's), and bounces off the margins so that it keeps moving. The
+    first frame is a picture like `draw`'s."""
     extent = _jittered_extent(scene, rng)
     low, high = extent / 2 + MARGIN, 1 - extent / 2 - MARGIN
     start = rng.uniform(low, high, size=2)
-    step = np.array(DIRECTIONS[int(rng.integers(len(DIRECTIONS)))]) * MAX_SPEED * motion_bucket_id / 255
+    direction = direction or DIRECTIONS[int(rng.integers(len(DIRECTIONS)))]
+    step = np.array(direction) * MAX_SPEED * motion_bucket_id / 255
     return np.stack(
         [_render(scene, side, extent, _bounce(start + frame * step, low, high)) for frame in range(frames)]
     )

@@ -222,7 +222,20 @@ def build_video_pipeline(seed: int = DEFAULT_SEED) -> StableVideoDiffusionPipeli
         latent_channels=4,
         scaling_factor=0.18215,
     )
-    image_encoder = CLIPVisionModelWithProjection(
+    image_encoder = svd_image_encoder()
+    scheduler = svd_scheduler()
+    return StableVideoDiffusionPipeline(
+        vae=vae,
+        image_encoder=image_encoder,
+        unet=unet,
+        scheduler=scheduler,
+        feature_extractor=CLIPImageProcessor(crop_size=224, size={"shortest_edge": 224}),
+    )
+
+
+def svd_image_encoder() -> CLIPVisionModelWithProjection:
+    """A small CLIP vision encoder, seeded by the caller, that reads what SVD's pipeline feeds it."""
+    return CLIPVisionModelWithProjection(
         CLIPVisionConfig(
             hidden_size=32,
             intermediate_size=64,
@@ -233,22 +246,22 @@ def build_video_pipeline(seed: int = DEFAULT_SEED) -> StableVideoDiffusionPipeli
             patch_size=32,
         )
     )
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        prediction_type="v_prediction",
-        interpolation_type="linear",
-        timestep_spacing="leading",
-        steps_offset=1,
-        use_karras_sigmas=True,
-    )
-    return StableVideoDiffusionPipeline(
-        vae=vae,
-        image_encoder=image_encoder,
-        unet=unet,
-        scheduler=scheduler,
-        feature_extractor=CLIPImageProcessor(crop_size=224, size={"shortest_edge": 224}),
+
+
+def svd_scheduler(**overrides: object) -> EulerDiscreteScheduler:
+    """SVD's Euler scheduler (v-prediction, Karras sigmas), with `overrides` of its configuration."""
+    return EulerDiscreteScheduler(
+        **{
+            "beta_start": 0.00085,
+            "beta_end": 0.012,
+            "beta_schedule": "scaled_linear",
+            "prediction_type": "v_prediction",
+            "interpolation_type": "linear",
+            "timestep_spacing": "leading",
+            "steps_offset": 1,
+            "use_karras_sigmas": True,
+            **overrides,
+        }
     )
 
 

@@ -38,9 +38,8 @@ def tiny_import_command() -> list[str]:
 
 
 def demo_import_command() -> list[str]:
-    """The demo preset (image only: no demo video model yet) into the model store, as `make models`
-    does (from the repository root)."""
-    return [sys.executable, "models/import_models.py", "--image", "demo"]
+    """The demo presets into the model store, as `make models` does (from the repository root)."""
+    return [sys.executable, "models/import_models.py", "--image", "demo", "--video", "demo"]
 
 
 def private_bentoml_home(directory: Path) -> Path:

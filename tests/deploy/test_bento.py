@@ -80,7 +80,7 @@ def test_the_bento_holds_the_services_the_embedded_models_and_the_pins(bento) ->
     code = {path.relative_to(ROOT) for path in [ROOT / "service.py", *(ROOT / "genserve").rglob("*.py")]}
     assert code <= {path.relative_to(bento / "src") for path in (bento / "src").rglob("*.py")}
     # The models the demo and tiny presets load, by the exact versions in the model store.
-    embedded = [("image", "demo"), ("image", "tiny"), ("video", "tiny")]
+    embedded = [("image", "demo"), ("video", "demo"), ("image", "tiny"), ("video", "tiny")]
     expected = {str(bentoml.models.get(store_tag(kind, preset)).tag) for kind, preset in embedded}
     assert {model["tag"] for model in info["models"]} == expected
     # The same pins as the venv, unlocked (locking would need the network).
@@ -149,7 +149,7 @@ def test_the_image_sets_the_environment_without_secrets(bento, dockerfile) -> No
     for name, value in BENTOFILE["docker"]["env"].items():
         assert (env[name], defaults[name]) == (f"${name}", str(value))
     presets = (defaults["GENSERVE_IMAGE_PRESET"], defaults["GENSERVE_VIDEO_PRESET"])
-    assert presets == ("demo", "tiny")  # as bundled
+    assert presets == ("demo", "demo")  # as bundled
     assert "HF_TOKEN" not in (bento / "env" / "docker" / "Dockerfile").read_text()
     # The model cache exists, owned by the bento user, so a fresh volume on it is writable.
     cache = Path(BENTOFILE["docker"]["env"]["HF_HOME"])

@@ -33,7 +33,7 @@ GRPC = "genserve-grpc"
 # Startup budget a generator needs: the tiny preset loads in seconds; a first start on a GPU
 # downloads SD3.5 Large (about 30 GB) before loading it.
 STARTUP_BUDGET_S = {"gpu": 20 * 60, "cpu": 2 * 60}
-EXPECTED_PRESETS = {"gpu": ("sd35-large", "svd-xt"), "cpu": ("demo", "tiny")}
+EXPECTED_PRESETS = {"gpu": ("sd35-large", "svd-xt"), "cpu": ("demo", "demo")}
 
 
 @functools.cache
@@ -229,7 +229,7 @@ def test_generators_have_shared_memory_a_model_cache_and_time_to_finish_a_video(
             assert (
                 "ReadWriteMany" in claims[cache["persistentVolumeClaim"]["claimName"]]["spec"]["accessModes"]
             )
-        else:  # the tiny models are in the image
+        else:  # the embedded models are in the image
             assert "emptyDir" in cache
 
 

@@ -1,19 +1,21 @@
-"""The demo preset served, as a person trying genserve gets it: its pictures follow their prompts
-when sent together, so that they batch."""
+"""The demo presets served, as a person trying genserve gets them: pictures follow their prompts and
+videos move their picture's shape, when sent together, so that they batch."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 
 import httpx
 import numpy as np
 import pytest
-from decoding import read_image
+from decoding import read_image, read_video
 from helpers import DEMO, running_server
 
 from genserve.core.media import encode_image
-from genserve.core.shapes import Scene, draw, parse, read_picture
+from genserve.core.shapes import Scene, draw, parse, read_picture, starts_as
+from genserve.core.shapes import read_video as read_frames
 from genserve.serving.processes import batch_sizes
 
 TIMEOUT = 300
@@ -106,3 +108,57 @@ def test_demo_inpainting_changes_only_the_masked_region(demo_server) -> None:
         assert np.array_equal(pixels[keep], RED_CIRCLE[keep])  # outside the mask: the input, exactly
         reading = read_picture(pixels)
         assert (reading.colour, reading.background) == ("green", "blue"), reading
+
+
+def videos_together(url: str, route: str, requests: list[dict]) -> list[np.ndarray]:
+    """The videos for `requests` (httpx.post keyword arguments) sent together; the frames decoded."""
+
+    async def together() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            return await asyncio.gather(*(client.post(f"{url}/{route}", **request) for request in requests))
+
+    responses = asyncio.run(together())
+    assert [response.status_code for response in responses] == [200] * len(requests), responses[0].text
+    return [read_video(response.content, "mp4")[0] for response in responses]
+
+
+#: Pictures as the demo draws them, to animate: every shape, small to large, several places.
+TO_ANIMATE = [
+    draw(Scene("circle", "red", "blue"), 64, np.random.default_rng(1)),
+    draw(Scene("square", "yellow", "purple", size="small", place="left"), 64, np.random.default_rng(2)),
+    draw(Scene("triangle", "white", "black", size="large"), 64, np.random.default_rng(3)),
+    draw(Scene("circle", "green", "white", place="top"), 64, np.random.default_rng(4)),
+]
+
+
+def test_demo_videos_start_as_their_picture_and_keep_its_look(demo_server) -> None:
+    requests = [
+        {
+            "files": {"image": ("picture.png", encode_image(picture, "png"), "image/png")},
+            "data": {"seed": seed},
+        }
+        for seed, picture in enumerate(TO_ANIMATE)
+    ]
+    videos = videos_together(demo_server, "img2vid", requests)
+    readings = [read_frames(video) for video in videos]
+    # Measured (docs/demo.md): 95 % start as their picture, about two thirds keep its look on every
+    # frame; the shapes barely move yet (docs/demo-training.md), so motion is not asserted.
+    assert sum(starts_as(video, picture) for video, picture in zip(videos, TO_ANIMATE, strict=True)) >= 3
+    assert sum(reading.keeps_look for reading in readings) >= 2, readings
+
+
+def test_demo_txt2vid_animates_the_picture_its_prompt_names(demo_server) -> None:
+    """Text to video is a job: its picture comes from the image model, its frames from the video model."""
+    prompt = "a red circle on a blue background"
+    with httpx.Client(base_url=demo_server, timeout=TIMEOUT) as client:
+        jobs = [
+            client.post("/jobs/txt2vid", json={"prompt": prompt, "seed": seed}).json()["id"]
+            for seed in range(4)
+        ]
+        deadline = time.monotonic() + TIMEOUT
+        while any(client.get(f"/jobs/{job}").json()["state"] in ("queued", "running") for job in jobs):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        videos = [read_video(client.get(f"/jobs/{job}/result").content, "mp4")[0] for job in jobs]
+    firsts = [read_frames(video).first for video in videos]
+    assert sum((first.colour, first.background) == ("red", "blue") for first in firsts) >= 3, firsts

@@ -1,17 +1,18 @@
-"""The demo image model: its architecture reads every grammar word as one token and loads through
-diffusers' own pipeline class, a short training run lowers both losses and is evaluated, and the
-committed weights are the preset's, within their size budget."""
+"""The demo models: the image model reads every grammar word as one token; both load through
+diffusers' own pipeline classes; short training runs lower their losses and are evaluated; the
+committed weights are the presets', within their size budget."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusion3Pipeline
+from diffusers import StableDiffusion3Pipeline, StableVideoDiffusionPipeline
 from helpers import ROOT
+from PIL import Image
 
-from genserve.core.demo import MAX_TOKENS, SIDE, build_demo_image_pipeline
-from genserve.core.shapes import WORDS
+from genserve.core.demo import FRAMES, MAX_TOKENS, SIDE, build_demo_image_pipeline, build_demo_video_pipeline
+from genserve.core.shapes import DIRECTIONS, WORDS
 
 #: The committed weights, in the diffusers layout (`make demo-model` writes them).
 DEMO_DIR = ROOT / "models" / "demo"
@@ -26,6 +27,11 @@ def importable_training(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def demo_pipe() -> StableDiffusion3Pipeline:
     return build_demo_image_pipeline()
+
+
+@pytest.fixture(scope="module")
+def demo_video_pipe() -> StableVideoDiffusionPipeline:
+    return build_demo_video_pipeline()
 
 
 def test_every_grammar_word_is_one_token_of_every_tokenizer(demo_pipe) -> None:
@@ -47,6 +53,51 @@ def test_the_demo_pipeline_loads_through_diffusers_and_makes_its_pictures(demo_p
         output_type="np",
     ).images
     assert images.shape == (2, SIDE, SIDE, 3)
+
+
+def test_the_demo_video_pipeline_loads_through_diffusers_and_makes_its_videos(
+    demo_video_pipe, tmp_path
+) -> None:
+    demo_video_pipe.save_pretrained(tmp_path)
+    loaded = StableVideoDiffusionPipeline.from_pretrained(tmp_path)
+    assert loaded.vae_scale_factor == 4
+    assert loaded.scheduler.config.timestep_type == "continuous"  # SVD-XT's scheduler
+    frames = loaded(
+        image=Image.new("RGB", (SIDE, SIDE), "red"),
+        height=SIDE,
+        width=SIDE,
+        num_frames=FRAMES,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).frames
+    assert frames.shape == (1, FRAMES, SIDE, SIDE, 3)
+
+
+@pytest.mark.slow
+def test_a_short_video_training_run_lowers_the_loss() -> None:
+    from train_demo import VideoPlan, draw_clips, evaluate_video, train_unet
+
+    plan = VideoPlan(clips=32, unet_steps=60, unet_batch=2)
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    pipe = build_demo_video_pipeline()
+    clips = draw_clips(plan.clips, rng)
+    assert clips.frames.shape == (plan.clips, len(DIRECTIONS), FRAMES, SIDE, SIDE, 3)
+    losses = train_unet(pipe, clips, plan, rng)
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
+    accuracy = evaluate_video(pipe, VideoPlan(eval_clips=2, eval_steps=1), seed=1)  # generated, read back
+    assert set(accuracy) == {"starts as its picture", "keeps its look", "moves"}
+    assert all(0 <= share <= 1 for share in accuracy.values())
+
+
+def test_the_noise_picks_each_direction_equally_often() -> None:
+    """Training pairs a clip's noise with the clip moving the way the noise picks: the seed's noise
+    at sampling must then pick each direction as often."""
+    from train_demo import direction_of
+
+    counts = torch.bincount(direction_of(torch.randn(4000, FRAMES, 16, 16, 16)), minlength=len(DIRECTIONS))
+    assert len(counts) == len(DIRECTIONS) and counts.min() > 900, counts
 
 
 @pytest.mark.slow
@@ -73,10 +124,13 @@ def shapes(module: torch.nn.Module) -> dict[str, torch.Size]:
     return {name: tensor.shape for name, tensor in module.state_dict().items()}
 
 
-def test_the_committed_demo_weights_are_the_presets_and_fit_the_budget(demo_pipe) -> None:
-    loaded = StableDiffusion3Pipeline.from_pretrained(DEMO_DIR / "image")
-    for name, module in demo_pipe.components.items():
-        if isinstance(module, torch.nn.Module):  # the same architecture, other weights
-            assert shapes(module) == shapes(getattr(loaded, name)), name
+def test_the_committed_demo_weights_are_the_presets_and_fit_the_budget(demo_pipe, demo_video_pipe) -> None:
+    for built, loaded in (
+        (demo_pipe, StableDiffusion3Pipeline.from_pretrained(DEMO_DIR / "image")),
+        (demo_video_pipe, StableVideoDiffusionPipeline.from_pretrained(DEMO_DIR / "video")),
+    ):
+        for name, module in built.components.items():
+            if isinstance(module, torch.nn.Module):  # the same architecture, other weights
+                assert shapes(module) == shapes(getattr(loaded, name)), name
     total = sum(path.stat().st_size for path in DEMO_DIR.rglob("*") if path.is_file())
     assert total <= 30 * 1024 * 1024

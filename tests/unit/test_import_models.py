@@ -25,9 +25,10 @@ def test_tiny_import_is_idempotent(tiny_models) -> None:
 
 
 def test_demo_import_copies_the_committed_weights_once(demo_models) -> None:
-    result = run("--image", "demo")
+    result = run("--image", "demo", "--video", "demo")
     assert result.returncode == 0
     assert "genserve-image-demo: already in the model store" in result.stdout
+    assert "genserve-video-demo: already in the model store" in result.stdout
 
 
 def test_hub_preset_without_network_fails_with_a_clear_message(tiny_models) -> None:

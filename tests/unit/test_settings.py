@@ -9,11 +9,11 @@ from genserve.core.presets import IMAGE_PRESETS, VIDEO_PRESETS
 from genserve.core.settings import Settings
 
 
-def test_defaults_are_the_demo_image_and_tiny_video_presets_from_the_model_store() -> None:
+def test_defaults_are_the_demo_presets_from_the_model_store() -> None:
     settings = Settings.from_env({})
-    assert (settings.image.preset.name, settings.video.preset.name) == ("demo", "tiny")
+    assert (settings.image.preset.name, settings.video.preset.name) == ("demo", "demo")
     assert settings.image.source == "bentoml:genserve-image-demo"
-    assert settings.video.source == "bentoml:genserve-video-tiny"
+    assert settings.video.source == "bentoml:genserve-video-demo"
     assert settings.image.max_batch_size == IMAGE_PRESETS["demo"].batching.max_batch_size
 
 

@@ -11,6 +11,7 @@ from PIL import Image, ImageFilter
 from genserve.core.shapes import (
     COLOURS,
     CONTRASTING,
+    DIRECTIONS,
     PLACE_WORDS,
     SHAPES,
     WORDS,
@@ -246,3 +247,14 @@ def test_a_clip_bounces_off_the_margins_and_the_seed_picks_the_direction() -> No
         starts.add(tuple(centres[0].round()))
         directions.add(tuple(np.sign(centres[1] - centres[0])))
     assert len(starts) > 6 and len(directions) == 4
+
+
+def test_a_clip_drawn_in_a_given_direction_moves_along_it_from_the_same_start() -> None:
+    scene = Scene("circle", "red", "white")
+    clips = [draw_clip(scene, SIDE, 8, 255, np.random.default_rng(4), direction) for direction in DIRECTIONS]
+    for direction, clip in zip(DIRECTIONS, clips, strict=True):
+        centres = np.array([read_picture(frame).centre for frame in clip])
+        along = int(np.flatnonzero(direction)[0])
+        assert np.ptp(centres[:, along]) > 0 and np.ptp(centres[:, 1 - along]) == 0  # bouncing, maybe
+        assert np.array_equal(clip[0], clips[0][0])
+    assert len({clip.tobytes() for clip in clips}) == len(DIRECTIONS)
