@@ -255,20 +255,21 @@ def plot(prompts: list[str], pictures: list[np.ndarray], path: Path) -> None:
     figure.savefig(path, dpi=100)
 
 
-def plot_videos(videos: list[np.ndarray], path: Path, rows: int = 4) -> None:
+def plot_videos(pictures: list[np.ndarray], videos: list[np.ndarray], path: Path, rows: int = 4) -> None:
+    """The first `rows` pictures, each followed by its video's frames."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = len(videos[0])
+    columns = 1 + len(videos[0])
     figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.2, rows * 1.25))
-    for row, video in zip(axes, videos, strict=False):
-        for frame, (axis, pixels) in enumerate(zip(row, video, strict=True)):
+    for row, picture, video in zip(axes, pictures, videos, strict=False):
+        for column, (axis, pixels) in enumerate(zip(row, [picture, *video], strict=True)):
             axis.imshow(pixels, interpolation="nearest")
             axis.set_xticks([])
             axis.set_yticks([])
-            axis.set_title(f"frame {frame}", fontsize=7)
+            axis.set_title("picture" if column == 0 else f"frame {column - 1}", fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
@@ -332,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
         relative,
     )
     plot(prompts, pictures, figure)
-    plot_videos(videos, video_figure)
+    plot_videos(animated, videos, video_figure)
     (args.out / "demo.md").write_text(text)
     print(text)
     print(f"written: {args.out / 'demo.md'}, {figure}, {video_figure}")
