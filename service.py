@@ -262,7 +262,7 @@ class GenServe:
 def jobs_app() -> Starlette:
     """The jobs API (`/jobs`), built on first use: importing service.py opens no store."""
     runner = bentoml.get_current_service().job_runner  # this worker's, started before any request
-    return JobsAPI(job_store(settings), JOB_MODELS, settings, WEBHOOKS, submitted=runner.wake).app()
+    return JobsAPI(runner.store, JOB_MODELS, settings, WEBHOOKS, submitted=runner.wake).app()
 
 
 def respond(produced: Produced) -> Response:

@@ -32,11 +32,10 @@ from genserve.core.shapes import (
     draw,
     parse,
     read_picture,
-    read_video,
     resolve,
     sample_prompt,
     sample_scene,
-    starts_as,
+    video_shares,
 )
 from genserve.serving.processes import batch_sizes, demo_import_command, serve_command, tiny_import_command
 
@@ -134,19 +133,6 @@ def videos_for(url: str, pictures: list[np.ndarray], together: int) -> list[np.n
             response.raise_for_status()
             videos.append(_gif_frames(response.content))
     return videos
-
-
-def videos_right(pictures: list[np.ndarray], videos: list[np.ndarray]) -> dict[str, float]:
-    """The share of videos that start as their picture, keep its look (background, colour, shape) on
-    every frame, and move the shape by at least 1/16 of the side."""
-    readings = [read_video(video) for video in videos]
-    return {
-        "start as their picture": float(
-            np.mean([starts_as(video, picture) for video, picture in zip(videos, pictures, strict=True)])
-        ),
-        "keep its look": float(np.mean([reading.keeps_look for reading in readings])),
-        "move it by ≥ 1/16 of the side": float(np.mean([reading.moved() for reading in readings])),
-    }
 
 
 def mean_batch_size(url: str) -> float:
@@ -318,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     costs = {preset: cost_per_image(preset, args.together) for preset in ("demo", "tiny")}
     readings = [read_picture(picture) for picture in pictures]
     relative = tuple(os.path.relpath(path, args.out) for path in (figure, video_figure))
-    shares = videos_right(animated, videos)
+    shares = video_shares(animated, videos)
     text = report(
         prompts,
         readings,

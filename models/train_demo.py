@@ -45,11 +45,10 @@ from genserve.core.shapes import (
     parse,
     prompt_for,
     read_picture,
-    read_video,
     resolve,
     sample_prompt,
     sample_scene,
-    starts_as,
+    video_shares,
 )
 
 #: A share of the training prompts is empty, so classifier-free guidance has an unconditional model.
@@ -71,11 +70,16 @@ class Plan:
     guidance: float = 4.0
 
 
+def as_pixels(pictures: torch.Tensor) -> torch.Tensor:
+    """uint8 pictures (... x H x W x 3) as the VAE reads them: floats in [-1, 1], ... x 3 x H x W."""
+    return pictures.movedim(-1, -3).float() / 127.5 - 1
+
+
 def draw_dataset(count: int, rng: np.random.Generator) -> tuple[list[Scene], torch.Tensor]:
     """`count` scenes sampled from the grammar and their pictures, as floats in [-1, 1] (N×3×H×W)."""
     scenes = [sample_scene(rng) for _ in range(count)]
     pictures = np.stack([draw(scene, SIDE, rng) for scene in scenes])
-    return scenes, torch.from_numpy(pictures).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return scenes, as_pixels(torch.from_numpy(pictures))
 
 
 def warm_then_cosine(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -137,6 +141,14 @@ def exponential_average(averaged: torch.Tensor, current: torch.Tensor, updates: 
     return decay * averaged + (1 - decay) * current
 
 
+@torch.no_grad()
+def adopt_average(model: torch.nn.Module, average: AveragedModel) -> None:
+    """Give `model` its moving average's weights and freeze it: what the pipeline saves."""
+    for trained, averaged in zip(model.parameters(), average.module.parameters(), strict=True):
+        trained.copy_(averaged)
+    model.eval().requires_grad_(False)
+
+
 def shifted(t: torch.Tensor) -> torch.Tensor:
     """SD3's timestep shift, as its scheduler applies it at inference: more training at high noise,
     where a plain background's colour is still visible in the noisy latent (the model would read it
@@ -187,10 +199,7 @@ def train_transformer(
         average.update_parameters(modules)
         losses.append(loss.item())
         progress.set_postfix(loss=f"{losses[-1]:.4f}")
-    with torch.no_grad():
-        for trained, averaged in zip(modules.parameters(), average.module.parameters(), strict=True):
-            trained.copy_(averaged)
-    modules.eval().requires_grad_(False)
+    adopt_average(modules, average)
     return losses
 
 
@@ -290,10 +299,6 @@ class Clips:
     frames: torch.Tensor  # N x directions x F x H x W x 3, uint8
     motion_buckets: torch.Tensor  # N
 
-    def pictures(self, indices: torch.Tensor, direction: int = 0) -> torch.Tensor:
-        """Frames of the clips at `indices` in one direction, as floats in [-1, 1] (n x F x 3 x H x W)."""
-        return self.frames[indices, direction].permute(0, 1, 4, 2, 3).float() / 127.5 - 1
-
 
 def draw_clips(count: int, rng: np.random.Generator) -> Clips:
     """`count` scenes from the grammar, each drawn as a clip in every direction of DIRECTIONS, at a
@@ -331,35 +336,19 @@ def video_conditions(
     after the pipeline's noise augmentation (unscaled, as SVD conditions), and the first frame's
     CLIP embedding."""
     count, directions = clips.frames.shape[:2]
-    means = torch.stack(
-        [
-            torch.cat(
-                [
-                    encoded(pipe.vae, clips.pictures(chunk, d).flatten(0, 1))
-                    for chunk in torch.arange(count).split(32)
-                ]
-            )
-            for d in range(directions)
-        ],
-        dim=1,
-    )  # (count * F) per direction
+    frames = clips.frames.flatten(0, 2)  # clip, direction, frame
+    means = torch.cat([encoded(pipe.vae, as_pixels(chunk)) for chunk in frames.split(1024)])
     scale = 1 / means.std().item()
     pipe.vae.register_to_config(scaling_factor=scale)
-    latents = (means * scale).unflatten(0, (count, FRAMES))  # count x F x directions x ...
-    latents = latents.transpose(1, 2)  # count x directions x F x C x h x w
-    first = clips.pictures(torch.arange(count))[:, 0]
+    latents = (means * scale).unflatten(0, (count, directions, FRAMES))
+    first = as_pixels(clips.frames[:, 0, 0])
     conditions = encoded(pipe.vae, first + plan.noise_aug_strength * torch.randn_like(first))
-    pictures = [Image.fromarray(picture) for picture in to_uint8(first)]
+    pictures = [Image.fromarray(picture) for picture in clips.frames[:, 0, 0].numpy()]
     # The pipeline's own preprocessing (resize to 224 with antialiasing, CLIP's normalisation).
     embeddings = torch.cat(
         [pipe._encode_image(pictures[i : i + 256], "cpu", 1, False) for i in range(0, len(pictures), 256)]
     )
     return latents, conditions, embeddings
-
-
-def to_uint8(pixels: torch.Tensor) -> np.ndarray:
-    """Pictures N x 3 x H x W in [-1, 1] as N x H x W x 3 uint8."""
-    return ((pixels.permute(0, 2, 3, 1) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
 
 
 def train_unet(
@@ -404,10 +393,7 @@ def train_unet(
         average.update_parameters(unet)
         losses.append(loss.item())
         progress.set_postfix(loss=f"{losses[-1]:.4f}")
-    with torch.no_grad():
-        for trained, averaged in zip(unet.parameters(), average.module.parameters(), strict=True):
-            trained.copy_(averaged)
-    unet.eval().requires_grad_(False)
+    adopt_average(unet, average)
     return losses
 
 
@@ -428,15 +414,7 @@ def evaluate_video(pipe: StableVideoDiffusionPipeline, plan: VideoPlan, seed: in
         generator=[torch.Generator().manual_seed(seed + i) for i in range(len(pictures))],
         output_type="np",
     ).frames
-    frames = [(video * 255).round().astype(np.uint8) for video in videos]
-    readings = [read_video(video) for video in frames]
-    return {
-        "starts as its picture": float(
-            np.mean([starts_as(video, picture) for video, picture in zip(frames, pictures, strict=True)])
-        ),
-        "keeps its look": float(np.mean([reading.keeps_look for reading in readings])),
-        "moves": float(np.mean([reading.moved() for reading in readings])),
-    }
+    return video_shares(pictures, [(video * 255).round().astype(np.uint8) for video in videos])
 
 
 def train_video_model(

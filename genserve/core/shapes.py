@@ -421,6 +421,20 @@ def read_video(frames: Sequence[np.ndarray] | np.ndarray) -> VideoReading:
     return VideoReading(readings, side=min(height, width))
 
 
+def video_shares(pictures: Sequence[np.ndarray], videos: Sequence[np.ndarray]) -> dict[str, float]:
+    """How many of `videos` (frames x H x W x 3 uint8 each) made from `pictures` do what image to
+    video promises, as shares: start as their picture, keep its look on every frame, move it by
+    at least 1/16 of the side."""
+    readings = [read_video(video) for video in videos]
+    return {
+        "starts as its picture": float(
+            np.mean([starts_as(video, picture) for video, picture in zip(videos, pictures, strict=True)])
+        ),
+        "keeps its look": float(np.mean([reading.keeps_look for reading in readings])),
+        "moves": float(np.mean([reading.moved() for reading in readings])),
+    }
+
+
 def starts_as(
     frames: Sequence[np.ndarray] | np.ndarray, picture: np.ndarray, tolerance: float = 12.0
 ) -> bool:

@@ -151,10 +151,9 @@ def test_demo_txt2vid_animates_the_picture_its_prompt_names(demo_server) -> None
     """Text to video is a job: its picture comes from the image model, its frames from the video model."""
     prompt = "a red circle on a blue background"
     with httpx.Client(base_url=demo_server, timeout=TIMEOUT) as client:
-        jobs = [
-            client.post("/jobs/txt2vid", json={"prompt": prompt, "seed": seed}).json()["id"]
-            for seed in range(4)
-        ]
+        submitted = [client.post("/jobs/txt2vid", json={"prompt": prompt, "seed": seed}) for seed in range(4)]
+        assert [response.status_code for response in submitted] == [202] * 4, submitted[0].text
+        jobs = [response.json()["id"] for response in submitted]
         deadline = time.monotonic() + TIMEOUT
         while any(client.get(f"/jobs/{job}").json()["state"] in ("queued", "running") for job in jobs):
             assert time.monotonic() < deadline
