@@ -211,7 +211,7 @@ def report(
         f"Videos: {animated} pictures drawn for prompts sampled from the grammar, sent to `/img2vid` "
         f"{together} at a time with the preset's defaults (motion bucket 127); each frame read back:",
         "",
-        "| videos that | share |",
+        "| the video | share |",
         "|---|---|",
         *[f"| {name} | {share:.0%} |" for name, share in videos.items()],
         "",
