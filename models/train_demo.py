@@ -6,7 +6,8 @@
 Seeded end to end. Image: it draws a dataset of coloured shapes with their prompts
 (`genserve.core.shapes`), trains the VAE to reconstruct them, then the MMDiT and the text encoders
 together with SD3's flow-matching loss on the VAE's latents. Video: it draws clips of those shapes
-moving and trains SVD's UNet on them, with SVD's EDM objective, on the image model's VAE. Each
+moving and trains SVD's UNet on them, with SVD's EDM objective, on the image model's VAE; asked
+for both, it trains the video model beside the MMDiT, in a second process. Each
 pipeline is saved in the diffusers layout that `from_pretrained` (and so the model store) reads,
 under OUT/image and OUT/video, and evaluated: generated, then read back by the checker.
 """
@@ -16,6 +17,8 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,6 +57,9 @@ from genserve.core.shapes import (
 #: A share of the training prompts is empty, so classifier-free guidance has an unconditional model.
 UNCONDITIONAL_SHARE = 0.1
 EMA_DECAY = 0.999
+#: The terminal line of this process's progress bars: the video model's, trained alongside the
+#: image model in a process of its own, draws on the second.
+progress_line = 0
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,10 @@ class Plan:
     eval_prompts: int = 48
     eval_steps: int = 12
     guidance: float = 4.0
+
+
+def progress_bar(steps: int, description: str) -> tqdm:
+    return tqdm(range(steps), desc=description, position=progress_line)
 
 
 def as_pixels(pictures: torch.Tensor) -> torch.Tensor:
@@ -99,7 +109,7 @@ def train_vae(
     optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
     schedule = warm_then_cosine(optimizer, plan.vae_steps)
     losses: list[float] = []
-    progress = tqdm(range(plan.vae_steps), desc="VAE")
+    progress = progress_bar(plan.vae_steps, "VAE")
     for _ in progress:
         batch = pictures[rng.integers(len(pictures), size=plan.vae_batch)]
         posterior = vae.encode(batch).latent_dist
@@ -176,7 +186,7 @@ def train_transformer(
     optimizer = torch.optim.AdamW(parameters, lr=1e-3, weight_decay=0.01)
     schedule = warm_then_cosine(optimizer, plan.transformer_steps)
     losses: list[float] = []
-    progress = tqdm(range(plan.transformer_steps), desc="MMDiT")
+    progress = progress_bar(plan.transformer_steps, "MMDiT")
     for _ in progress:
         indices = rng.integers(len(scenes), size=plan.transformer_batch)
         prompts = training_prompts([scenes[i] for i in indices], rng)
@@ -239,18 +249,52 @@ def main(argv: list[str] | None = None) -> None:
         default=["image", "video"],
         help="which models to train; the video model alone uses OUT/image's VAE",
     )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--progress-line", type=int, default=0, help="the terminal line of the progress bars")
     args = parser.parse_args(argv)
+    global progress_line
+    progress_line = args.progress_line
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
     if "image" in args.parts:
-        pipe, _ = train_part("image", lambda rng: train_image_model(Plan(), rng, args.seed), args.seed)
-        pipe.save_pretrained(args.out / "image")
-        vae = pipe.vae
+        train_image_then_video(args.out, args.seed, video="video" in args.parts)
     else:
         vae = AutoencoderKL.from_pretrained(args.out / "image" / "vae")
-    if "video" in args.parts:
         pipe, _ = train_part(
             "video", lambda rng: train_video_model(VideoPlan(), rng, args.seed, vae), args.seed
         )
         pipe.save_pretrained(args.out / "video")
+    print(f"all trained in {(time.perf_counter() - started) / 60:.1f} min")
+
+
+def train_image_then_video(out: Path, seed: int, video: bool) -> None:
+    """Train the image model and, once its VAE is final, the video model beside it in a process of
+    its own (this script with `--parts video`), each on half of the cores: neither training uses a
+    second core well (docs/demo-training.md), so side by side they take less time than in turn."""
+    video_training: subprocess.Popen | None = None
+
+    def start_video(vae: AutoencoderKL) -> None:
+        nonlocal video_training
+        vae.save_pretrained(out / "image" / "vae")
+        threads = max(1, torch.get_num_threads() // 2)
+        torch.set_num_threads(threads)
+        command = [sys.executable, __file__, "--out", str(out), "--seed", str(seed), "--parts", "video"]
+        video_training = subprocess.Popen([*command, "--threads", str(threads), "--progress-line", "1"])
+
+    try:
+        pipe, _ = train_part(
+            "image",
+            lambda rng: train_image_model(Plan(), rng, seed, start_video if video else lambda vae: None),
+            seed,
+        )
+        pipe.save_pretrained(out / "image")
+    except BaseException:
+        if video_training is not None:
+            video_training.terminate()
+        raise
+    if video_training is not None and video_training.wait() != 0:
+        raise SystemExit("the video model's training failed")
 
 
 def train_part(
@@ -266,13 +310,19 @@ def train_part(
 
 
 def train_image_model(
-    plan: Plan, rng: np.random.Generator, seed: int
+    plan: Plan,
+    rng: np.random.Generator,
+    seed: int,
+    vae_trained: Callable[[AutoencoderKL], None] = lambda vae: None,
 ) -> tuple[StableDiffusion3Pipeline, dict[str, float]]:
-    """The demo image pipeline trained from scratch, and its accuracy (`evaluate`)."""
+    """The demo image pipeline trained from scratch, and its accuracy (`evaluate`). `vae_trained`
+    gets the VAE as soon as it is final, before the MMDiT trains."""
     pipe = build_demo_image_pipeline(seed)
     scenes, pictures = draw_dataset(plan.pictures, rng)
     train_vae(pipe, pictures, plan, rng)
-    train_transformer(pipe, scenes, encode_latents(pipe, pictures), plan, rng)
+    latents = encode_latents(pipe, pictures)
+    vae_trained(pipe.vae)
+    train_transformer(pipe, scenes, latents, plan, rng)
     return pipe, evaluate(pipe, plan, seed + 1)
 
 
@@ -281,7 +331,7 @@ class VideoPlan:
     """How long each part of the video model trains."""
 
     clips: int = 1000
-    unet_steps: int = 1500
+    unet_steps: int = 1800
     unet_batch: int = 4
     #: Log-normal noise levels (EDM's): log sigma ~ N(mean, std).
     sigma_log_mean: float = 0.5
@@ -364,7 +414,7 @@ def train_unet(
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=0.01)
     schedule = warm_then_cosine(optimizer, plan.unet_steps)
     losses: list[float] = []
-    progress = tqdm(range(plan.unet_steps), desc="UNet")
+    progress = progress_bar(plan.unet_steps, "UNet")
     for _ in progress:
         indices = torch.from_numpy(rng.integers(len(latents), size=plan.unet_batch))
         noise = torch.randn(len(indices), *latents.shape[2:])
