@@ -68,7 +68,7 @@ PLACE_JITTER = 0.03
 MARGIN = 0.05
 #: Video: how far a shape moves per frame at motion_bucket_id 255, as a fraction of the side (the
 #: speed is proportional to the bucket), and the directions it may move in (x, y; y down).
-MAX_SPEED = 1 / 32
+MAX_SPEED = 1 / 16
 DIRECTIONS = ((1, 0), (-1, 0), (0, 1), (0, -1))
 #: Shapes are drawn this many times larger, then scaled down: area-averaged, anti-aliased edges.
 SUPERSAMPLING = 4

@@ -131,7 +131,7 @@ TO_ANIMATE = [
 ]
 
 
-def test_demo_videos_start_as_their_picture_and_keep_its_look(demo_server) -> None:
+def test_demo_videos_start_as_their_picture_keep_its_look_and_move(demo_server) -> None:
     requests = [
         {
             "files": {"image": ("picture.png", encode_image(picture, "png"), "image/png")},
@@ -141,10 +141,11 @@ def test_demo_videos_start_as_their_picture_and_keep_its_look(demo_server) -> No
     ]
     videos = videos_together(demo_server, "img2vid", requests)
     readings = [read_frames(video) for video in videos]
-    # Measured (docs/demo.md): 95 % start as their picture, about two thirds keep its look on every
-    # frame; the shapes barely move yet (docs/demo-training.md), so motion is not asserted.
+    # Measured (docs/demo.md): all start as their picture, about a third keep its look on every
+    # frame and about a third move the shape by 1/16 of the side or more (docs/demo-training.md).
     assert sum(starts_as(video, picture) for video, picture in zip(videos, TO_ANIMATE, strict=True)) >= 3
-    assert sum(reading.keeps_look for reading in readings) >= 2, readings
+    assert sum(reading.keeps_look for reading in readings) >= 1, readings
+    assert sum(reading.moved() for reading in readings) >= 1, [reading.displacement for reading in readings]
 
 
 def test_demo_txt2vid_animates_the_picture_its_prompt_names(demo_server) -> None:
