@@ -142,7 +142,7 @@ def test_demo_videos_start_as_their_picture_keep_its_look_and_move(demo_server) 
     videos = videos_together(demo_server, "img2vid", requests)
     readings = [read_frames(video) for video in videos]
     # Measured (docs/demo.md): all start as their picture, about a third keep its look on every
-    # frame and about a third move the shape by 1/16 of the side or more (docs/demo-training.md).
+    # frame and three in five move the shape by 1/16 of the side or more (docs/demo-training.md).
     assert sum(starts_as(video, picture) for video, picture in zip(videos, TO_ANIMATE, strict=True)) >= 3
     assert sum(reading.keeps_look for reading in readings) >= 1, readings
     assert sum(reading.moved() for reading in readings) >= 1, [reading.displacement for reading in readings]

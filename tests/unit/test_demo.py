@@ -12,7 +12,7 @@ from helpers import ROOT
 from PIL import Image
 
 from genserve.core.demo import FRAMES, MAX_TOKENS, SIDE, build_demo_image_pipeline, build_demo_video_pipeline
-from genserve.core.shapes import DIRECTIONS, WORDS
+from genserve.core.shapes import WORDS
 
 #: The committed weights, in the diffusers layout (`make demo-model` writes them).
 DEMO_DIR = ROOT / "models" / "demo"
@@ -76,14 +76,14 @@ def test_the_demo_video_pipeline_loads_through_diffusers_and_makes_its_videos(
 
 @pytest.mark.slow
 def test_a_short_video_training_run_lowers_the_loss() -> None:
-    from train_demo import VideoPlan, draw_clips, evaluate_video, train_unet
+    from train_demo import MOVES, VideoPlan, draw_clips, evaluate_video, train_unet
 
     plan = VideoPlan(clips=32, unet_steps=60, unet_batch=2)
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
     pipe = build_demo_video_pipeline()
     clips = draw_clips(plan.clips, rng)
-    assert clips.frames.shape == (plan.clips, len(DIRECTIONS), FRAMES, SIDE, SIDE, 3)
+    assert clips.frames.shape == (plan.clips, len(MOVES), FRAMES, SIDE, SIDE, 3)
     losses = train_unet(pipe, clips, plan, rng)
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
     accuracy = evaluate_video(pipe, VideoPlan(eval_clips=2, eval_steps=1), seed=1)  # generated, read back
@@ -93,11 +93,17 @@ def test_a_short_video_training_run_lowers_the_loss() -> None:
 
 def test_the_noise_picks_each_direction_equally_often() -> None:
     """Training pairs a clip's noise with the clip moving the way the noise picks: the seed's noise
-    at sampling must then pick each direction as often."""
-    from train_demo import direction_of
+    at sampling must then pick each direction as often, and a different noise value elsewhere
+    must not change it."""
+    from train_demo import MOVES, direction_of
 
-    counts = torch.bincount(direction_of(torch.randn(4000, FRAMES, 16, 16, 16)), minlength=len(DIRECTIONS))
-    assert len(counts) == len(DIRECTIONS) and counts.min() > 900, counts
+    noise = torch.randn(4000, FRAMES, 16, 16, 16)
+    picked = direction_of(noise)
+    counts = torch.bincount(picked, minlength=len(MOVES))
+    assert len(counts) == len(MOVES) and counts.min() > 1900, counts
+    assert {MOVES[i] for i in picked[noise[:, 0, 0, 0, 0] > 0].tolist()} == {(1, 0)}  # positive: right
+    noise[:, 1:] = torch.randn_like(noise[:, 1:])
+    assert torch.equal(direction_of(noise), picked)
 
 
 @pytest.mark.slow
