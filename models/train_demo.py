@@ -40,6 +40,7 @@ from genserve.core.demo import (
     build_demo_image_pipeline,
     build_demo_video_pipeline,
 )
+from genserve.core.presets import VIDEO_PRESETS
 from genserve.core.shapes import (
     DIRECTIONS,
     Scene,
@@ -340,8 +341,8 @@ class VideoPlan:
     sigma_log_std: float = 1.5
     eval_clips: int = 20
     eval_steps: int = 10
-    #: The pipeline's noise augmentation of the conditioning picture (the presets' default).
-    noise_aug_strength: float = 0.02
+    #: The pipeline's noise augmentation of the conditioning picture: the demo preset's default.
+    noise_aug_strength: float = VIDEO_PRESETS["demo"].default_noise_aug_strength
 
 
 @dataclass(frozen=True)
