@@ -58,8 +58,12 @@ from genserve.core.shapes import (
 #: A share of the training prompts is empty, so classifier-free guidance has an unconditional model.
 UNCONDITIONAL_SHARE = 0.1
 EMA_DECAY = 0.999
-#: The directions the video model moves shapes in, right and left: the seed picks (`direction_of`).
-MOVES = DIRECTIONS[:2]
+#: The video UNet's forward pass runs in bfloat16 where the CPU computes it natively: its training
+#: step takes 2/3 of the time (docs/demo-training.md); elsewhere bfloat16 would be slower.
+BFLOAT16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+#: The direction the video model moves shapes in: right, bouncing off the margins. It does not
+#: learn to read a direction from the seed's noise (docs/demo-training.md), so it learns one.
+MOVE = DIRECTIONS[0]
 #: The terminal line of this process's progress bars: the video model's, trained alongside the
 #: image model in a process of its own, draws on the second.
 progress_line = 0
@@ -334,7 +338,7 @@ class VideoPlan:
     """How long each part of the video model trains."""
 
     clips: int = 1000
-    unet_steps: int = 1800
+    unet_steps: int = 1500
     unet_batch: int = 4
     #: Log-normal noise levels (EDM's): log sigma ~ N(mean, std).
     sigma_log_mean: float = 0.5
@@ -347,56 +351,35 @@ class VideoPlan:
 
 @dataclass(frozen=True)
 class Clips:
-    """Drawn clips, each in every direction the shapes move in (same scene, start and speed)."""
+    """Drawn clips of shapes moving."""
 
-    frames: torch.Tensor  # N x directions x F x H x W x 3, uint8
+    frames: torch.Tensor  # N x F x H x W x 3, uint8
     motion_buckets: torch.Tensor  # N
 
 
 def draw_clips(count: int, rng: np.random.Generator) -> Clips:
-    """`count` scenes from the grammar, each drawn as a clip in every direction of MOVES, at a
-    motion bucket drawn from SVD's 0-255."""
+    """`count` scenes from the grammar, each drawn as a clip moving MOVE at a motion bucket drawn
+    from SVD's 0-255."""
     buckets = rng.integers(0, 256, size=count)
-    clips = []
-    for bucket in buckets:
-        scene, seed = sample_scene(rng), int(rng.integers(2**32))
-        clips.append(
-            [
-                draw_clip(scene, SIDE, FRAMES, int(bucket), np.random.default_rng(seed), direction)
-                for direction in MOVES
-            ]
-        )
+    clips = [draw_clip(sample_scene(rng), SIDE, FRAMES, int(bucket), rng, MOVE) for bucket in buckets]
     return Clips(torch.from_numpy(np.stack(clips)), torch.from_numpy(buckets).float())
-
-
-def direction_of(noise: torch.Tensor) -> torch.Tensor:
-    """The direction (index into MOVES) that each clip's noise (n x F x C x h x w) picks: right when
-    its first value (frame 0, channel 0, top left) is positive, left otherwise; each equally likely
-    for noise as the pipeline draws it. Training pairs each clip's noise with the clip moving that
-    way, so the seed picks the direction and the model reads it from the noise from the first
-    step, instead of averaging the directions (a blur that stays put) until late in sampling. One
-    value rather than a mean of thousands, two directions rather than four: the UNet learns to read
-    it sooner (docs/demo-training.md, runs c and k)."""
-    return (noise[:, 0, 0, 0, 0] < 0).long()
 
 
 @torch.no_grad()
 def video_conditions(
     pipe: StableVideoDiffusionPipeline, clips: Clips, plan: VideoPlan
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """What the UNet sees of each clip, as the pipeline prepares it: the latents of the clip in each
-    direction, scaled to unit variance (the VAE's config gets the scale), the first frame's latents
-    after the pipeline's noise augmentation (unscaled, as SVD conditions), and the first frame's
-    CLIP embedding."""
-    count, directions = clips.frames.shape[:2]
-    frames = clips.frames.flatten(0, 2)  # clip, direction, frame
+    """What the UNet sees of each clip, as the pipeline prepares it: the clip's latents, scaled to
+    unit variance (the VAE's config gets the scale), the first frame's latents after the pipeline's
+    noise augmentation (unscaled, as SVD conditions), and the first frame's CLIP embedding."""
+    frames = clips.frames.flatten(0, 1)  # clip, frame
     means = torch.cat([encoded(pipe.vae, as_pixels(chunk)) for chunk in frames.split(1024)])
     scale = 1 / means.std().item()
     pipe.vae.register_to_config(scaling_factor=scale)
-    latents = (means * scale).unflatten(0, (count, directions, FRAMES))
-    first = as_pixels(clips.frames[:, 0, 0])
+    latents = (means * scale).unflatten(0, (len(clips.frames), FRAMES))
+    first = as_pixels(clips.frames[:, 0])
     conditions = encoded(pipe.vae, first + plan.noise_aug_strength * torch.randn_like(first))
-    pictures = [Image.fromarray(picture) for picture in clips.frames[:, 0, 0].numpy()]
+    pictures = [Image.fromarray(picture) for picture in clips.frames[:, 0].numpy()]
     # The pipeline's own preprocessing (resize to 224 with antialiasing, CLIP's normalisation).
     embeddings = torch.cat(
         [pipe._encode_image(pictures[i : i + 256], "cpu", 1, False) for i in range(0, len(pictures), 256)]
@@ -407,10 +390,9 @@ def video_conditions(
 def train_unet(
     pipe: StableVideoDiffusionPipeline, clips: Clips, plan: VideoPlan, rng: np.random.Generator
 ) -> list[float]:
-    """SVD's objective in EDM's form: x = x0 + sigma n with log-normal sigma; the UNet reads
-    x / sqrt(sigma^2 + 1) beside the conditioning latents, at timestep log(sigma) / 4, and predicts
-    v, from which the scheduler's step recovers x0. A share of the clips lose both conditions (the
-    pipeline's unconditional half for guidance); fps varies so that the model ignores it."""
+    """SVD's objective (`denoising_loss`) with log-normal sigma. A share of the clips lose both
+    conditions (the pipeline's unconditional half for guidance); fps varies so that the model
+    ignores it. Returns the loss of every step."""
     latents, conditions, embeddings = video_conditions(pipe, clips, plan)
     unet = pipe.unet.train().requires_grad_(True)
     average = AveragedModel(unet, avg_fn=exponential_average)
@@ -420,24 +402,18 @@ def train_unet(
     progress = progress_bar(plan.unet_steps, "UNet")
     for _ in progress:
         indices = torch.from_numpy(rng.integers(len(latents), size=plan.unet_batch))
-        noise = torch.randn(len(indices), *latents.shape[2:])
-        clean = latents[indices, direction_of(noise)]
         kept = (torch.rand(len(indices)) >= UNCONDITIONAL_SHARE).float()
-        condition = conditions[indices] * kept[:, None, None, None]
-        embedding = embeddings[indices] * kept[:, None, None]
-        sigma = torch.exp(plan.sigma_log_mean + plan.sigma_log_std * torch.randn(len(indices)))
-        s = sigma[:, None, None, None, None]
-        noisy = clean + s * noise
-        inputs = torch.cat([noisy / (s**2 + 1).sqrt(), condition[:, None].expand_as(clean)], dim=2)
         fps = torch.from_numpy(rng.integers(3, 30, size=len(indices))).float()
-        added = torch.stack(
-            [fps, clips.motion_buckets[indices], torch.full_like(fps, plan.noise_aug_strength)], 1
+        loss = denoising_loss(
+            unet,
+            latents[indices],
+            conditions[indices] * kept[:, None, None, None],
+            embeddings[indices] * kept[:, None, None],
+            torch.exp(plan.sigma_log_mean + plan.sigma_log_std * torch.randn(len(indices))),
+            torch.stack(
+                [fps, clips.motion_buckets[indices], torch.full_like(fps, plan.noise_aug_strength)], 1
+            ),
         )
-        predicted = unet(
-            inputs, 0.25 * sigma.log(), encoder_hidden_states=embedding, added_time_ids=added
-        ).sample
-        target = (noisy / (s**2 + 1) - clean) * (s**2 + 1).sqrt() / s
-        loss = F.mse_loss(predicted, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -448,6 +424,28 @@ def train_unet(
         progress.set_postfix(loss=f"{losses[-1]:.4f}")
     adopt_average(unet, average)
     return losses
+
+
+def denoising_loss(
+    unet: torch.nn.Module,
+    clean: torch.Tensor,
+    condition: torch.Tensor,
+    embedding: torch.Tensor,
+    sigma: torch.Tensor,
+    added_time_ids: torch.Tensor,
+) -> torch.Tensor:
+    """SVD's objective in EDM's form on clips' latents (n x F x C x h x w): x = x0 + sigma n; the
+    UNet reads x / sqrt(sigma^2 + 1) beside the conditioning latents, at timestep log(sigma) / 4,
+    and predicts v, from which the scheduler's step recovers x0."""
+    s = sigma[:, None, None, None, None]
+    noisy = clean + s * torch.randn_like(clean)
+    inputs = torch.cat([noisy / (s**2 + 1).sqrt(), condition[:, None].expand_as(clean)], dim=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=BFLOAT16):
+        predicted = unet(
+            inputs, 0.25 * sigma.log(), encoder_hidden_states=embedding, added_time_ids=added_time_ids
+        ).sample.float()
+    target = (noisy / (s**2 + 1) - clean) * (s**2 + 1).sqrt() / s
+    return F.mse_loss(predicted, target)
 
 
 @torch.no_grad()

@@ -104,10 +104,13 @@ def build_demo_video_pipeline(seed: int = 0) -> StableVideoDiffusionPipeline:
         out_channels=LATENT_CHANNELS,
         down_block_types=("DownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal"),
         up_block_types=("CrossAttnUpBlockSpatioTemporal", "UpBlockSpatioTemporal"),
-        block_out_channels=(32, 64),
+        # SVD's UNet normalises in groups of 32 channels (its last norm is hard-coded to 32 groups):
+        # at 32 channels a group is one channel, whose mean, the level that carries a flat colour,
+        # every norm removes. 96 channels are groups of 3 (docs/demo-training.md).
+        block_out_channels=(96, 64),
         layers_per_block=1,
         cross_attention_dim=32,
-        num_attention_heads=(2, 4),
+        num_attention_heads=(3, 2),
         addition_time_embed_dim=16,
         projection_class_embeddings_input_dim=3 * 16,  # fps, motion bucket, noise augmentation
     )

@@ -12,7 +12,7 @@ from helpers import ROOT
 from PIL import Image
 
 from genserve.core.demo import FRAMES, MAX_TOKENS, SIDE, build_demo_image_pipeline, build_demo_video_pipeline
-from genserve.core.shapes import WORDS
+from genserve.core.shapes import WORDS, read_video
 
 #: The committed weights, in the diffusers layout (`make demo-model` writes them).
 DEMO_DIR = ROOT / "models" / "demo"
@@ -76,34 +76,48 @@ def test_the_demo_video_pipeline_loads_through_diffusers_and_makes_its_videos(
 
 @pytest.mark.slow
 def test_a_short_video_training_run_lowers_the_loss() -> None:
-    from train_demo import MOVES, VideoPlan, draw_clips, evaluate_video, train_unet
+    """Measured on a fixed batch (clips, noise levels, noise) before and after: the training
+    losses of single steps, a few clips at random noise levels, vary too much to compare."""
+    from train_demo import VideoPlan, denoising_loss, draw_clips, evaluate_video, train_unet, video_conditions
 
     plan = VideoPlan(clips=32, unet_steps=60, unet_batch=2)
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
     pipe = build_demo_video_pipeline()
     clips = draw_clips(plan.clips, rng)
-    assert clips.frames.shape == (plan.clips, len(MOVES), FRAMES, SIDE, SIDE, 3)
-    losses = train_unet(pipe, clips, plan, rng)
-    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), losses
+    latents, conditions, embeddings = video_conditions(pipe, clips, plan)
+    sigma = torch.tensor([0.3, 1.0, 3.0, 10.0] * 2)
+    added = torch.stack([torch.full((8,), 7.0), clips.motion_buckets[:8], torch.full((8,), 0.02)], 1)
+
+    @torch.no_grad()
+    def fixed_batch_loss() -> float:
+        torch.manual_seed(1)
+        return denoising_loss(pipe.unet, latents[:8], conditions[:8], embeddings[:8], sigma, added).item()
+
+    before = fixed_batch_loss()
+    train_unet(pipe, clips, plan, rng)
+    assert fixed_batch_loss() < 0.8 * before, before  # measured: 1.16 before, 0.76 after
     accuracy = evaluate_video(pipe, VideoPlan(eval_clips=2, eval_steps=1), seed=1)  # generated, read back
     assert set(accuracy) == {"starts as its picture", "keeps its look", "moves"}
     assert all(0 <= share <= 1 for share in accuracy.values())
 
 
-def test_the_noise_picks_each_direction_equally_often() -> None:
-    """Training pairs a clip's noise with the clip moving the way the noise picks: the seed's noise
-    at sampling must then pick each direction as often, and a different noise value elsewhere
-    must not change it."""
-    from train_demo import MOVES, direction_of
+def test_the_training_clips_move_right_at_their_motion_buckets_speed() -> None:
+    """The video model learns one direction (right, bouncing off the margins) and a speed that grows
+    with the motion bucket: its clips must show exactly that."""
+    from train_demo import draw_clips
 
-    noise = torch.randn(4000, FRAMES, 16, 16, 16)
-    picked = direction_of(noise)
-    counts = torch.bincount(picked, minlength=len(MOVES))
-    assert len(counts) == len(MOVES) and counts.min() > 1900, counts
-    assert {MOVES[i] for i in picked[noise[:, 0, 0, 0, 0] > 0].tolist()} == {(1, 0)}  # positive: right
-    noise[:, 1:] = torch.randn_like(noise[:, 1:])
-    assert torch.equal(direction_of(noise), picked)
+    clips = draw_clips(24, np.random.default_rng(0))
+    assert clips.frames.shape == (24, FRAMES, SIDE, SIDE, 3)
+    steps = []
+    for frames, bucket in zip(clips.frames.numpy(), clips.motion_buckets.tolist(), strict=True):
+        centres = [reading.centre for reading in read_video(frames).frames]
+        assert max(abs(y - centres[0][1]) for _, y in centres) <= 0.5  # sideways only
+        steps.append((centres[1][0] - centres[0][0], bucket))
+    fast = [step for step, bucket in steps if bucket >= 64]
+    assert sum(step > 0 for step in fast) >= 0.8 * len(fast), steps  # right, but where it bounces
+    slowest, fastest = min(steps, key=lambda s: s[1]), max(steps, key=lambda s: s[1])
+    assert abs(slowest[0]) < abs(fastest[0]), steps
 
 
 @pytest.mark.slow
