@@ -451,8 +451,8 @@ def denoising_loss(
 @torch.no_grad()
 def evaluate_video(pipe: StableVideoDiffusionPipeline, plan: VideoPlan, seed: int) -> dict[str, float]:
     """Videos of pictures drawn for prompts sampled from the grammar, at the pipeline's defaults,
-    read back: the share that start as their picture, keep its look on every frame, and move it by
-    1/16 of the side."""
+    read back: the share that start as their picture, keep its colours and its shape on every
+    frame, and move it by 1/16 of the side (`video_shares`)."""
     rng = np.random.default_rng(seed)
     pictures = [draw(resolve(sample_prompt(rng), rng), SIDE, rng) for _ in range(plan.eval_clips)]
     videos = pipe(

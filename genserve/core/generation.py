@@ -10,6 +10,7 @@ on the CPU, which makes a seed give the same noise on every device.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -40,13 +41,17 @@ StopCheck = Callable[[int], bool]
 Progress = Callable[[Sequence[int], int, int], None]
 
 
+#: A diffusers step-end callback: (pipeline, step index, timestep, tensors) -> tensors.
+StepCallback = Callable[[DiffusionPipeline, int, object, dict], dict]
+
+
 class GroupStopped(Exception):
     """Raised between steps to abandon a pipeline call whose every request is unwanted."""
 
 
 def _step_callback(
     indices: Sequence[int], unwanted: StopCheck | None, progress: Progress | None
-) -> Callable | None:
+) -> StepCallback | None:
     """A diffusers step-end callback: reports the group's progress, and aborts the call once no
     request of the group is wanted.
 
@@ -66,23 +71,74 @@ def _step_callback(
     return callback
 
 
+#: The tensors that classifier-free guidance doubles in SD3's denoising loop: the negative prompts'
+#: rows, then the prompts'.
+GUIDED_TENSORS = ("prompt_embeds", "pooled_prompt_embeds")
+
+
+def _stop_guidance_after(steps: int) -> StepCallback:
+    """A step-end callback for SD3's text-to-image pipeline that ends classifier-free guidance once
+    `steps` steps are done: each later step runs the transformer on one row per prompt, not two.
+
+    diffusers' own `SD3CFGCutoffCallback` keeps only the last row of the embeddings, right for one
+    prompt (huggingface/diffusers#11890): in a batch every prompt would get the last one's.
+    """
+
+    def callback(pipe: DiffusionPipeline, step: int, _timestep, tensors: dict) -> dict:
+        if step + 1 == steps and pipe.do_classifier_free_guidance:
+            pipe._guidance_scale = 0.0  # what `do_classifier_free_guidance` reads, as upstream's does
+            for name in GUIDED_TENSORS:
+                tensors[name] = tensors[name].chunk(2)[1]
+        return tensors
+
+    return callback
+
+
+def _guidance_cutoff(preset: ImagePreset, steps: int) -> dict:
+    """`_run_pipeline`'s arguments that end guidance after the preset's `guided_share` of `steps`."""
+    guided_steps = math.ceil(preset.guided_share * steps)
+    if guided_steps >= steps:
+        return {}
+    return {
+        "each_step": _stop_guidance_after(guided_steps),
+        "callback_on_step_end_tensor_inputs": ["latents", *GUIDED_TENSORS],
+    }
+
+
 def _run_pipeline(
     pipe: DiffusionPipeline,
     indices: Sequence[int],
     unwanted: StopCheck | None,
     progress: Progress | None,
+    each_step: StepCallback | None = None,
     **arguments,
 ):
-    """One pipeline call for the group of requests `indices`; None if it was abandoned.
+    """One pipeline call for the group of requests `indices`; None if it was abandoned. `each_step`
+    is the caller's own step-end callback, run before progress is reported (the tensors it needs
+    are in `arguments`, as `callback_on_step_end_tensor_inputs`).
 
     An abandoned call skips what the pipeline does last, so that is done here: offloaded models
     (GENSERVE_CPU_OFFLOAD) go back to the CPU instead of holding the GPU's memory.
     """
+    callbacks = [each_step, _step_callback(indices, unwanted, progress)]
     try:
-        return pipe(**arguments, callback_on_step_end=_step_callback(indices, unwanted, progress))
+        return pipe(**arguments, callback_on_step_end=_in_turn([c for c in callbacks if c is not None]))
     except GroupStopped:
         pipe.maybe_free_model_hooks()
         return None
+
+
+def _in_turn(callbacks: Sequence[StepCallback]) -> StepCallback | None:
+    """One step-end callback that runs `callbacks` in turn, each on the tensors the last returned."""
+    if len(callbacks) <= 1:
+        return next(iter(callbacks), None)
+
+    def callback(pipe: DiffusionPipeline, step: int, timestep, tensors: dict) -> dict:
+        for each in callbacks:
+            tensors = each(pipe, step, timestep, tensors)
+        return tensors
+
+    return callback
 
 
 def group_compatible(items: Sequence[T], key: Callable[[T], Hashable]) -> list[list[int]]:
@@ -127,6 +183,7 @@ def generate_images(
             indices,
             unwanted,
             progress,
+            **_guidance_cutoff(preset, first.num_inference_steps),
             prompt=[r.prompt for r in group],
             negative_prompt=[r.negative_prompt for r in group],
             width=first.width,

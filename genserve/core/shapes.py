@@ -164,10 +164,18 @@ class VideoReading:
         return self.frames[0]
 
     @property
-    def keeps_look(self) -> bool:
-        """Every frame shows the same background, shape colour and shape as the first: only motion."""
-        look = (self.first.background, self.first.colour, self.first.shape)
-        return all((frame.background, frame.colour, frame.shape) == look for frame in self.frames)
+    def keeps_colours(self) -> bool:
+        """Every frame shows the first frame's background and shape colour."""
+        return self._same_in_every_frame("background", "colour")
+
+    @property
+    def keeps_shape(self) -> bool:
+        """Every frame shows the first frame's kind of shape (its corners, a small generator rounds)."""
+        return self._same_in_every_frame("shape")
+
+    def _same_in_every_frame(self, *parts: str) -> bool:
+        first = [getattr(self.first, part) for part in parts]
+        return all([getattr(frame, part) for part in parts] == first for frame in self.frames)
 
     @property
     def displacement(self) -> float:
@@ -423,14 +431,15 @@ def read_video(frames: Sequence[np.ndarray] | np.ndarray) -> VideoReading:
 
 def video_shares(pictures: Sequence[np.ndarray], videos: Sequence[np.ndarray]) -> dict[str, float]:
     """How many of `videos` (frames x H x W x 3 uint8 each) made from `pictures` do what image to
-    video promises, as shares: start as their picture, keep its look on every frame, move it by
-    at least 1/16 of the side."""
+    video promises, as shares: start as their picture, keep its colours and its shape on every
+    frame, move it by at least 1/16 of the side."""
     readings = [read_video(video) for video in videos]
     return {
         "starts as its picture": float(
             np.mean([starts_as(video, picture) for video, picture in zip(videos, pictures, strict=True)])
         ),
-        "keeps its look": float(np.mean([reading.keeps_look for reading in readings])),
+        "keeps its colours": float(np.mean([reading.keeps_colours for reading in readings])),
+        "keeps its shape": float(np.mean([reading.keeps_shape for reading in readings])),
         "moves": float(np.mean([reading.moved() for reading in readings])),
     }
 

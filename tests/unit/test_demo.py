@@ -98,7 +98,7 @@ def test_a_short_video_training_run_lowers_the_loss() -> None:
     train_unet(pipe, clips, plan, rng)
     assert fixed_batch_loss() < 0.8 * before, before  # measured: 1.16 before, 0.76 after
     accuracy = evaluate_video(pipe, VideoPlan(eval_clips=2, eval_steps=1), seed=1)  # generated, read back
-    assert set(accuracy) == {"starts as its picture", "keeps its look", "moves"}
+    assert set(accuracy) == {"starts as its picture", "keeps its colours", "keeps its shape", "moves"}
     assert all(0 <= share <= 1 for share in accuracy.values())
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 from decoding import read_image, read_video
+from diffusers.callbacks import SD3CFGCutoffCallback
 from helpers import DEMO
 from PIL import Image
 
@@ -94,6 +97,45 @@ def test_mixed_batch_gives_each_request_its_own_output_in_order(image_pipe, sett
         assert max_step_difference(pixels, generate_one(image_pipe, settings, request)) <= ONE_STEP
     # Same size and steps but different prompt/seed/negative prompt: different images.
     assert max_step_difference(results[0], results[5]) > ONE_STEP
+
+
+def test_guidance_ends_after_the_presets_share_of_the_steps(image_pipe, settings, image_request) -> None:
+    preset = replace(settings.image.preset, guided_share=0.5)
+    requests = [image_request(prompt=f"a tower, {i} floors", num_inference_steps=4, seed=i) for i in range(2)]
+    rows = []
+    hook = image_pipe.transformer.register_forward_pre_hook(
+        lambda _module, _args, kwargs: rows.append(len(kwargs["hidden_states"])), with_kwargs=True
+    )
+    steps_done = []
+
+    def progress(_done, step: int, _total) -> None:
+        steps_done.append(step)
+
+    try:
+        cut = generate_images(image_pipe, preset, requests, progress=progress)
+    finally:
+        hook.remove()
+    assert rows == [4, 4, 2, 2]  # two guided steps (each prompt and its negative), then the prompts alone
+    assert steps_done == [1, 2, 3, 4]  # progress is still reported
+    # Each prompt keeps its own embeddings when guidance ends: as if it were alone, and as diffusers'
+    # own cutoff (right for one prompt) makes it.
+    for request, pixels in zip(requests, cut, strict=True):
+        [alone] = generate_images(image_pipe, preset, [request])
+        assert max_step_difference(pixels, alone) <= ONE_STEP
+        upstream = image_pipe(
+            prompt=request.prompt,
+            num_inference_steps=4,
+            guidance_scale=request.guidance_scale,
+            width=request.width,
+            height=request.height,
+            max_sequence_length=preset.max_sequence_length,
+            generator=torch.Generator().manual_seed(request.seed),
+            callback_on_step_end=SD3CFGCutoffCallback(cutoff_step_ratio=None, cutoff_step_index=1),
+            output_type="np",
+        ).images[0]
+        assert max_step_difference(pixels, (upstream * 255).round().astype(np.uint8)) <= ONE_STEP
+    guided = generate_images(image_pipe, settings.image.preset, requests)
+    assert max_step_difference(cut[0], guided[0]) > ONE_STEP
 
 
 def test_fit_image_crops_to_aspect_without_distortion() -> None:

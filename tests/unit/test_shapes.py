@@ -200,18 +200,22 @@ def shape_moving_right(step: int, frames: int = 8) -> np.ndarray:
 def test_read_video_sees_a_shape_move_and_keep_its_look() -> None:
     video = read_video(shape_moving_right(step=2))
     assert video.first.shape == "circle"
-    assert video.keeps_look
+    assert video.keeps_colours and video.keeps_shape
     assert video.displacement == pytest.approx(14)
     assert video.moved()
 
 
 def test_read_video_sees_no_motion_in_a_still_video_and_a_change_of_look() -> None:
     still = read_video(list(shape_moving_right(step=0)))
-    assert still.keeps_look and still.displacement == 0 and not still.moved()
+    assert still.keeps_colours and still.keeps_shape and still.displacement == 0 and not still.moved()
 
     frames = list(shape_moving_right(step=0, frames=2))
     frames[1] = draw(Scene("square", "yellow", "purple"), SIDE, np.random.default_rng(9))
-    assert not read_video(frames).keeps_look
+    squared = read_video(frames)
+    assert squared.keeps_colours and not squared.keeps_shape
+    frames[1] = draw(Scene("circle", "yellow", "blue"), SIDE, np.random.default_rng(9))
+    recoloured = read_video(frames)
+    assert not recoloured.keeps_colours and recoloured.keeps_shape
 
 
 def test_starts_as_compares_the_first_frame_with_a_picture_of_any_size() -> None:
@@ -231,7 +235,7 @@ def test_a_drawn_clip_moves_its_shape_faster_with_the_motion_bucket_and_keeps_it
         video = read_video(clip)
         first = video.first
         assert (first.shape, first.colour, first.background) == ("triangle", "orange", "blue")
-        assert video.keeps_look
+        assert video.keeps_colours and video.keeps_shape
         displacements.append(video.displacement)
     assert displacements[0] == 0 and 0 < displacements[1] < displacements[2]
     assert read_video(draw_clip(scene, SIDE, 8, 127, np.random.default_rng(3))).moved()
