@@ -67,8 +67,9 @@ REQUESTS ?= 4000
 soak: setup
 	$(BIN)/python -m bench.soak --requests $(REQUESTS)
 
-# How well the served demo preset follows its prompts (bench/README.md): 48 prompts sent 16 at a
-# time and 10 videos, read back; the report goes to bench/results/, its figure to docs/demo.png.
+# How well the served demo preset follows its prompts (bench/README.md): 96 prompts sent 16 at a
+# time, 32 edits of each kind and 64 videos, read back; the report goes to bench/results/, its
+# figure to docs/demo.png.
 demo-accuracy: setup
 	$(BIN)/python -m bench.demo --figure docs/demo.png
 

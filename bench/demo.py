@@ -17,6 +17,8 @@ import io
 import os
 import subprocess
 import time
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -141,25 +143,37 @@ def mean_batch_size(url: str) -> float:
     return totals["sum"] / max(totals["count"], 1)
 
 
-def cost_per_image(preset: str, batch: int, repeats: int = 3) -> tuple[float, float]:
+def costs_per_image(presets: Sequence[str], batch: int, repeats: int = 5) -> dict[str, tuple[float, float]]:
     """In this process, as a generator worker runs it: the wall and CPU seconds per image of a batch
-    of `batch` at the image preset's defaults (its default size), the fastest of `repeats`."""
+    of `batch` at each image preset's defaults (its default size and torch threads), the fastest of
+    `repeats`. The presets take turns, a batch each, so that a change in the machine's load touches
+    them all alike."""
+    import torch
+
     from genserve.core.generation import generate_images
     from genserve.core.loading import load_image_pipeline
     from genserve.core.schemas import image_request_model
     from genserve.core.settings import Settings
 
-    settings = Settings.from_env({"GENSERVE_IMAGE_PRESET": preset, "GENSERVE_DEVICE": "cpu"})
-    pipe = load_image_pipeline(settings)  # with the preset's torch threads
-    request = image_request_model(settings.image.preset)
-    requests = [request(prompt=sample_prompt(np.random.default_rng(i)), seed=i) for i in range(batch)]
-    generate_images(pipe, settings.image.preset, requests)  # warm-up
-    costs = []
-    for _ in range(repeats):
-        wall, cpu = time.perf_counter(), time.process_time()
-        generate_images(pipe, settings.image.preset, requests)
-        costs.append(((time.perf_counter() - wall) / batch, (time.process_time() - cpu) / batch))
-    return min(costs)
+    default_threads = torch.get_num_threads()
+    runs = {}
+    for preset in presets:
+        settings = Settings.from_env({"GENSERVE_IMAGE_PRESET": preset, "GENSERVE_DEVICE": "cpu"})
+        pipe = load_image_pipeline(settings)
+        request = image_request_model(settings.image.preset)
+        requests = [request(prompt=sample_prompt(np.random.default_rng(i)), seed=i) for i in range(batch)]
+        threads = settings.image.cpu_threads or default_threads
+        runs[preset] = partial(generate_images, pipe, settings.image.preset, requests), threads
+    costs: dict[str, list[tuple[float, float]]] = {preset: [] for preset in presets}
+    for repeat in range(repeats + 1):  # the first round warms up
+        for preset, (generate, threads) in runs.items():
+            torch.set_num_threads(threads)
+            wall, cpu = time.perf_counter(), time.process_time()
+            generate()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            if repeat:
+                costs[preset].append((wall / batch, cpu / batch))
+    return {preset: min(measured) for preset, measured in costs.items()}
 
 
 def report(
@@ -275,10 +289,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--prompts", type=int, default=48, help="prompts sampled from the grammar")
+    parser.add_argument("--prompts", type=int, default=96, help="prompts sampled from the grammar")
     parser.add_argument("--together", type=int, default=16, help="prompts sent at once")
     parser.add_argument("--edits", type=int, default=32, help="pictures edited, by each kind of edit")
-    parser.add_argument("--videos", type=int, default=32, help="pictures turned into videos")
+    parser.add_argument("--videos", type=int, default=64, help="pictures turned into videos")
     parser.add_argument("--seed", type=int, default=2026, help="seeds the sampling of the prompts")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="where to write demo.md")
     parser.add_argument("--figure", type=Path, help="the figure's path (default: demo.png beside demo.md)")
@@ -301,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         videos = videos_for(server.url, animated, args.together)
     finally:
         server.stop()
-    costs = {preset: cost_per_image(preset, args.together) for preset in ("demo", "tiny")}
+    costs = costs_per_image(("demo", "tiny"), args.together)
     readings = [read_picture(picture) for picture in pictures]
     relative = tuple(os.path.relpath(path, args.out) for path in (figure, video_figure))
     shares = video_shares(animated, videos)

@@ -98,10 +98,11 @@ class VideoPreset:
     embedded: bool = False  # built or trained by genserve, small enough for a CPU
 
 
-# The tiny models' operations are too small to split between cores: a second torch thread
-# costs more in synchronisation than it gains (one image: 96 ms on one thread, 115 ms on two,
-# bench/README.md). A core each for more workers (GENSERVE_IMAGE_WORKERS) is what scales.
-TINY_CPU_THREADS = 1
+# The embedded models' operations are too small to split well between cores: a second torch
+# thread makes one tiny image slower (96 ms on one thread, 115 ms on two, bench/README.md) and a
+# batch of demo images 1.35x faster for twice the CPU time (docs/demo-training.md). A core each
+# for more workers (GENSERVE_IMAGE_WORKERS) is what scales.
+EMBEDDED_CPU_THREADS = 1
 
 _SD35_LARGE = ImagePreset(
     name="sd35-large",
@@ -148,7 +149,7 @@ IMAGE_PRESETS: dict[str, ImagePreset] = {
             default_guidance=5.0,
             max_sequence_length=64,
             batching=Batching(max_batch_size=8, max_latency_ms=60_000),
-            cpu_threads=TINY_CPU_THREADS,
+            cpu_threads=EMBEDDED_CPU_THREADS,
             embedded=True,
         ),
         ImagePreset(
@@ -166,6 +167,7 @@ IMAGE_PRESETS: dict[str, ImagePreset] = {
             default_strength=0.8,  # recolours 100 % of edits (docs/demo.md); at 0.6, under half
             max_sequence_length=16,  # a grammar prompt is at most 13 tokens
             batching=Batching(max_batch_size=16, max_latency_ms=60_000),
+            cpu_threads=EMBEDDED_CPU_THREADS,
             embedded=True,
         ),
         _SD35_LARGE,
@@ -206,7 +208,7 @@ VIDEO_PRESETS: dict[str, VideoPreset] = {
             default_steps=4,
             max_steps=25,
             batching=Batching(max_batch_size=4, max_latency_ms=120_000),
-            cpu_threads=TINY_CPU_THREADS,
+            cpu_threads=EMBEDDED_CPU_THREADS,
             embedded=True,
         ),
         VideoPreset(

@@ -68,10 +68,13 @@ def test_generator_resources(gpus: str, resources: dict) -> None:
 
 
 def test_worker_layout_and_cpu_threads() -> None:
-    """One worker per generator by default; the tiny presets run one torch thread per worker."""
+    """One worker per generator by default; the tiny presets and the demo image preset run one
+    torch thread per worker."""
     defaults = Settings.from_env(TINY)
     assert (defaults.image.workers, defaults.video.workers) == (1, 1)
     assert defaults.image.cpu_threads == defaults.video.cpu_threads == 1
+    demo = Settings.from_env({})
+    assert (demo.image.cpu_threads, demo.video.cpu_threads) == (1, 0)
     assert defaults.vae_slicing is None  # decided by the device: on for GPUs
     large = Settings.from_env({"GENSERVE_IMAGE_PRESET": "sd35-large"})
     assert large.image.cpu_threads == 0  # torch's default: every core
