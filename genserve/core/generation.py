@@ -95,7 +95,10 @@ def _stop_guidance_after(steps: int) -> StepCallback:
 
 
 def _guidance_cutoff(preset: ImagePreset, steps: int) -> dict:
-    """`_run_pipeline`'s arguments that end guidance after the preset's `guided_share` of `steps`."""
+    """`_run_pipeline`'s arguments that end guidance after the preset's `guided_share` of `steps`.
+
+    Text to image only: SD3's img2img and inpaint pipelines do not hand their pooled embeddings to
+    step callbacks, so a callback cannot end their guidance."""
     guided_steps = math.ceil(preset.guided_share * steps)
     if guided_steps >= steps:
         return {}
@@ -131,7 +134,7 @@ def _run_pipeline(
 def _in_turn(callbacks: Sequence[StepCallback]) -> StepCallback | None:
     """One step-end callback that runs `callbacks` in turn, each on the tensors the last returned."""
     if len(callbacks) <= 1:
-        return next(iter(callbacks), None)
+        return callbacks[0] if callbacks else None
 
     def callback(pipe: DiffusionPipeline, step: int, timestep, tensors: dict) -> dict:
         for each in callbacks:
