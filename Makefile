@@ -28,7 +28,7 @@ models: setup
 	$(BIN)/python models/import_models.py --image demo --video demo
 	$(BIN)/python models/import_models.py --image tiny --video tiny
 
-# Trains the demo models again into models/demo/ (29.4 minutes on 2 idle cores: the video
+# Trains the demo models again into models/demo/ (24.6 minutes on 2 idle cores: the video
 # model beside the image model's MMDiT); `make models` then imports the new weights.
 demo-model: setup
 	$(BIN)/python models/train_demo.py --out models/demo
@@ -67,7 +67,7 @@ REQUESTS ?= 4000
 soak: setup
 	$(BIN)/python -m bench.soak --requests $(REQUESTS)
 
-# How well the served demo preset follows its prompts (bench/README.md): 96 prompts sent 16 at a
+# How well the served demo preset follows its prompts (bench/README.md): 384 prompts sent 16 at a
 # time, 32 edits of each kind and 64 videos, read back; the report goes to bench/results/, its
 # figure to docs/demo.png.
 demo-accuracy: setup

@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--prompts", type=int, default=96, help="prompts sampled from the grammar")
+    parser.add_argument("--prompts", type=int, default=384, help="prompts sampled from the grammar")
     parser.add_argument("--together", type=int, default=16, help="prompts sent at once")
     parser.add_argument("--edits", type=int, default=32, help="pictures edited, by each kind of edit")
     parser.add_argument("--videos", type=int, default=64, help="pictures turned into videos")

@@ -57,6 +57,12 @@ from genserve.core.shapes import (
 
 #: A share of the training prompts is empty, so classifier-free guidance has an unconditional model.
 UNCONDITIONAL_SHARE = 0.1
+#: The MMDiT's and the UNet's losses weigh the latents under and around the shape 1 + SHAPE_WEIGHT
+#: times the rest: a plain background is most of a picture and easy, and it outweighed the shape
+#: (docs/demo-training.md).
+SHAPE_WEIGHT = 2.0
+#: A pixel this far from the background (in [-1, 1], any channel) is part of the shape or its edge.
+SHAPE_THRESHOLD = 40 / 127.5
 EMA_DECAY = 0.999
 #: The video UNet's forward pass runs in bfloat16 where the CPU computes it natively: its training
 #: step takes 2/3 of the time (docs/demo-training.md); elsewhere bfloat16 would be slower.
@@ -132,6 +138,20 @@ def train_vae(
     return losses
 
 
+def shape_weights(pictures: torch.Tensor, latent_side: int) -> torch.Tensor:
+    """Each latent pixel's weight in the losses (N x 1 x h x w): 1, plus SHAPE_WEIGHT times the
+    largest share of the shape under it or under a neighbour (the shape's edge is in both)."""
+    background = pictures[..., :1, :1]  # the margin keeps the corner pixel background
+    shape = ((pictures - background).abs().amax(dim=1, keepdim=True) > SHAPE_THRESHOLD).float()
+    coverage = F.adaptive_avg_pool2d(shape, latent_side)
+    return 1 + SHAPE_WEIGHT * F.max_pool2d(coverage, kernel_size=3, stride=1, padding=1)
+
+
+def weighted_mse(predicted: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The squared error's mean, each latent pixel counted `weight` times (broadcast over channels)."""
+    return (weight * (predicted - target) ** 2).mean() / weight.mean()
+
+
 @torch.no_grad()
 def encode_latents(pipe: StableDiffusion3Pipeline, pictures: torch.Tensor) -> torch.Tensor:
     """The pictures' latents, normalised as SD3 does (shift, then scale): the VAE's config gets
@@ -177,13 +197,15 @@ def train_transformer(
     pipe: StableDiffusion3Pipeline,
     scenes: list[Scene],
     latents: torch.Tensor,
+    weights: torch.Tensor,
     plan: Plan,
     rng: np.random.Generator,
 ) -> list[float]:
     """SD3's rectified-flow objective: from x_t = (1 - t) x0 + t noise, predict noise - x0, with
-    t logit-normal; the text encoders learn with the transformer. The pipeline keeps the
-    weights' exponential moving average, from which samples come out far cleaner than from the
-    last step's weights. Returns the loss of every step."""
+    t logit-normal, the squared error weighted by `weights` (`shape_weights`); the text encoders
+    learn with the transformer. The pipeline keeps the weights' exponential moving average, from
+    which samples come out far cleaner than from the last step's weights. Returns the loss of
+    every step."""
     modules = torch.nn.ModuleList(
         [pipe.transformer, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3]
     )
@@ -207,7 +229,7 @@ def train_transformer(
         predicted = pipe.transformer(
             hidden_states=noisy, timestep=t * 1000, encoder_hidden_states=embeds, pooled_projections=pooled
         ).sample
-        loss = F.mse_loss(predicted, noise - clean)
+        loss = weighted_mse(predicted, noise - clean, weights[indices])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -329,7 +351,7 @@ def train_image_model(
     train_vae(pipe, pictures, plan, rng)
     latents = encode_latents(pipe, pictures)
     vae_trained(pipe.vae)
-    train_transformer(pipe, scenes, latents, plan, rng)
+    train_transformer(pipe, scenes, latents, shape_weights(pictures, latents.shape[-1]), plan, rng)
     return pipe, evaluate(pipe, plan, seed + 1)
 
 
@@ -338,7 +360,8 @@ class VideoPlan:
     """How long each part of the video model trains."""
 
     clips: int = 1000
-    unet_steps: int = 1500
+    #: As long as it can train beside the MMDiT without making the whole run longer.
+    unet_steps: int = 1850
     unet_batch: int = 4
     #: Log-normal noise levels (EDM's): log sigma ~ N(mean, std).
     sigma_log_mean: float = 0.5
@@ -387,13 +410,21 @@ def video_conditions(
     return latents, conditions, embeddings
 
 
+def clip_shape_weights(frames: torch.Tensor, latent_side: int) -> torch.Tensor:
+    """`shape_weights` of every frame of clips (N x F x H x W x 3, uint8): N x F x 1 x h x w."""
+    chunks = frames.flatten(0, 1).split(1024)  # clip, frame
+    weights = torch.cat([shape_weights(as_pixels(chunk), latent_side) for chunk in chunks])
+    return weights.unflatten(0, frames.shape[:2])
+
+
 def train_unet(
     pipe: StableVideoDiffusionPipeline, clips: Clips, plan: VideoPlan, rng: np.random.Generator
 ) -> list[float]:
     """SVD's objective (`denoising_loss`) with log-normal sigma. A share of the clips lose both
     conditions (the pipeline's unconditional half for guidance); fps varies so that the model
-    ignores it. Returns the loss of every step."""
+    ignores it; the error is weighted around the shape, as the MMDiT's. Returns the loss of every step."""
     latents, conditions, embeddings = video_conditions(pipe, clips, plan)
+    weights = clip_shape_weights(clips.frames, latents.shape[-1])
     unet = pipe.unet.train().requires_grad_(True)
     average = AveragedModel(unet, avg_fn=exponential_average)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=0.01)
@@ -409,6 +440,7 @@ def train_unet(
             latents[indices],
             conditions[indices] * kept[:, None, None, None],
             embeddings[indices] * kept[:, None, None],
+            weights[indices],
             torch.exp(plan.sigma_log_mean + plan.sigma_log_std * torch.randn(len(indices))),
             torch.stack(
                 [fps, clips.motion_buckets[indices], torch.full_like(fps, plan.noise_aug_strength)], 1
@@ -431,12 +463,14 @@ def denoising_loss(
     clean: torch.Tensor,
     condition: torch.Tensor,
     embedding: torch.Tensor,
+    weight: torch.Tensor,
     sigma: torch.Tensor,
     added_time_ids: torch.Tensor,
 ) -> torch.Tensor:
     """SVD's objective in EDM's form on clips' latents (n x F x C x h x w): x = x0 + sigma n; the
     UNet reads x / sqrt(sigma^2 + 1) beside the conditioning latents, at timestep log(sigma) / 4,
-    and predicts v, from which the scheduler's step recovers x0."""
+    and predicts v, from which the scheduler's step recovers x0; each frame's error is weighted by
+    `weight` (n x F x 1 x h x w, `shape_weights`)."""
     s = sigma[:, None, None, None, None]
     noisy = clean + s * torch.randn_like(clean)
     inputs = torch.cat([noisy / (s**2 + 1).sqrt(), condition[:, None].expand_as(clean)], dim=2)
@@ -445,7 +479,7 @@ def denoising_loss(
             inputs, 0.25 * sigma.log(), encoder_hidden_states=embedding, added_time_ids=added_time_ids
         ).sample.float()
     target = (noisy / (s**2 + 1) - clean) * (s**2 + 1).sqrt() / s
-    return F.mse_loss(predicted, target)
+    return weighted_mse(predicted, target, weight)
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ from helpers import ROOT
 from PIL import Image
 
 from genserve.core.demo import FRAMES, MAX_TOKENS, SIDE, build_demo_image_pipeline, build_demo_video_pipeline
-from genserve.core.shapes import WORDS, read_video
+from genserve.core.shapes import WORDS, Scene, draw, read_video
 
 #: The committed weights, in the diffusers layout (`make demo-model` writes them).
 DEMO_DIR = ROOT / "models" / "demo"
@@ -78,7 +78,15 @@ def test_the_demo_video_pipeline_loads_through_diffusers_and_makes_its_videos(
 def test_a_short_video_training_run_lowers_the_loss() -> None:
     """Measured on a fixed batch (clips, noise levels, noise) before and after: the training
     losses of single steps, a few clips at random noise levels, vary too much to compare."""
-    from train_demo import VideoPlan, denoising_loss, draw_clips, evaluate_video, train_unet, video_conditions
+    from train_demo import (
+        VideoPlan,
+        clip_shape_weights,
+        denoising_loss,
+        draw_clips,
+        evaluate_video,
+        train_unet,
+        video_conditions,
+    )
 
     plan = VideoPlan(clips=32, unet_steps=60, unet_batch=2)
     rng = np.random.default_rng(0)
@@ -92,7 +100,10 @@ def test_a_short_video_training_run_lowers_the_loss() -> None:
     @torch.no_grad()
     def fixed_batch_loss() -> float:
         torch.manual_seed(1)
-        return denoising_loss(pipe.unet, latents[:8], conditions[:8], embeddings[:8], sigma, added).item()
+        weight = clip_shape_weights(clips.frames[:8], latents.shape[-1])
+        return denoising_loss(
+            pipe.unet, latents[:8], conditions[:8], embeddings[:8], weight, sigma, added
+        ).item()
 
     before = fixed_batch_loss()
     train_unet(pipe, clips, plan, rng)
@@ -120,9 +131,35 @@ def test_the_training_clips_move_right_at_their_motion_buckets_speed() -> None:
     assert abs(slowest[0]) < abs(fastest[0]), steps
 
 
+def test_the_loss_weighs_the_latents_around_the_shape_more() -> None:
+    """A large square in the centre: the latent pixels under it and a ring of one around them
+    weigh 1 + SHAPE_WEIGHT where the square covers them whole, the background's 1; a plain
+    picture weighs 1 throughout."""
+    from train_demo import SHAPE_WEIGHT, as_pixels, shape_weights
+
+    square = draw(Scene("square", "red", "blue", "large", "centre"), SIDE, np.random.default_rng(0))
+    plain = np.full_like(square, 200)
+    weights = shape_weights(as_pixels(torch.from_numpy(np.stack([square, plain]))), SIDE // 4)
+    assert weights.shape == (2, 1, SIDE // 4, SIDE // 4)
+    shape_rows, shape_cols = np.nonzero((square != square[0, 0]).any(axis=-1))  # pixels
+    heavy_rows, heavy_cols = np.nonzero(weights[0, 0].numpy() > 1)  # latent pixels, 4 x 4 pixels each
+    for pixels, latents in ((shape_rows, heavy_rows), (shape_cols, heavy_cols)):
+        assert (latents.min(), latents.max()) == (pixels.min() // 4 - 1, pixels.max() // 4 + 1)
+    assert weights[0, 0, SIDE // 8, SIDE // 8] == 1 + SHAPE_WEIGHT
+    assert weights[0, 0, 0, 0] == 1 and torch.all(weights[1] == 1)
+
+
 @pytest.mark.slow
 def test_a_short_training_run_lowers_both_losses() -> None:
-    from train_demo import Plan, draw_dataset, encode_latents, evaluate, train_transformer, train_vae
+    from train_demo import (
+        Plan,
+        draw_dataset,
+        encode_latents,
+        evaluate,
+        shape_weights,
+        train_transformer,
+        train_vae,
+    )
 
     plan = Plan(pictures=256, vae_steps=60, transformer_steps=60, transformer_batch=16)
     rng = np.random.default_rng(0)
@@ -132,7 +169,8 @@ def test_a_short_training_run_lowers_both_losses() -> None:
     vae_losses = train_vae(pipe, pictures, plan, rng)
     latents = encode_latents(pipe, pictures)
     assert latents.std().item() == pytest.approx(1.0, rel=1e-3)
-    transformer_losses = train_transformer(pipe, scenes, latents, plan, rng)
+    weights = shape_weights(pictures, latents.shape[-1])
+    transformer_losses = train_transformer(pipe, scenes, latents, weights, plan, rng)
     for losses in (vae_losses, transformer_losses):
         assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10]), losses
     accuracy = evaluate(pipe, Plan(eval_prompts=4, eval_steps=1), seed=1)  # generated, read back
