@@ -360,7 +360,8 @@ class VideoPlan:
     """How long each part of the video model trains."""
 
     clips: int = 1000
-    #: As long as it can train beside the MMDiT without making the whole run longer.
+    #: About as long as the MMDiT beside it trains: more steps kept colours more often, and the
+    #: whole run stays within 30 minutes (docs/demo-training.md, run 11: 24.6).
     unet_steps: int = 1850
     unet_batch: int = 4
     #: Log-normal noise levels (EDM's): log sigma ~ N(mean, std).

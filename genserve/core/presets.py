@@ -160,11 +160,11 @@ IMAGE_PRESETS: dict[str, ImagePreset] = {
             default_height=64,
             max_width=64,
             max_height=64,
-            default_steps=8,  # as accurate as 12 or 24 (docs/demo-training.md)
+            default_steps=8,  # 12 gain a point for 1.5x the work (docs/demo-training.md)
             max_steps=50,
             default_guidance=4.0,
             guided_share=0.5,  # more accurate than guided throughout, 3/4 of the work (docs/demo-training.md)
-            default_strength=0.8,  # recolours 100 % of edits (docs/demo.md); at 0.6, under half
+            default_strength=0.8,  # recolours 100 % of edits (docs/demo.md); 0.6 under half (earlier model)
             max_sequence_length=16,  # a grammar prompt is at most 13 tokens
             batching=Batching(max_batch_size=16, max_latency_ms=60_000),
             cpu_threads=EMBEDDED_CPU_THREADS,
