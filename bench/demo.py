@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageSequence
 
 from bench.servers import ROOT, start
+from genserve.core.directed_noise import seed_direction
 from genserve.core.media import encode_image
 from genserve.core.shapes import (
     COLOURS,
@@ -318,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     costs = costs_per_image(("demo", "tiny"), args.together)
     readings = [read_picture(picture) for picture in pictures]
     relative = tuple(os.path.relpath(path, args.out) for path in (figure, video_figure))
-    shares = video_shares(animated, videos)
+    shares = video_shares(animated, videos, [seed_direction(seed) for seed in range(len(videos))])
     text = report(
         prompts,
         readings,

@@ -34,15 +34,16 @@ from tqdm import tqdm
 
 from genserve.core.demo import (
     FRAMES,
+    LATENT_CHANNELS,
     MAX_TOKENS,
     SIDE,
     TIMESTEP_SHIFT,
     build_demo_image_pipeline,
     build_demo_video_pipeline,
 )
+from genserve.core.directed_noise import DIRECTIONS, directed_noise, seeded_directed_noise
 from genserve.core.presets import VIDEO_PRESETS
 from genserve.core.shapes import (
-    DIRECTIONS,
     Scene,
     draw,
     draw_clip,
@@ -67,9 +68,6 @@ EMA_DECAY = 0.999
 #: The video UNet's forward pass runs in bfloat16 where the CPU computes it natively: its training
 #: step takes 2/3 of the time (docs/demo-training.md); elsewhere bfloat16 would be slower.
 BFLOAT16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-#: The direction the video model moves shapes in: right, bouncing off the margins. It does not
-#: learn to read a direction from the seed's noise (docs/demo-training.md), so it learns one.
-MOVE = DIRECTIONS[0]
 #: The terminal line of this process's progress bars: the video model's, trained alongside the
 #: image model in a process of its own, draws on the second.
 progress_line = 0
@@ -379,14 +377,21 @@ class Clips:
 
     frames: torch.Tensor  # N x F x H x W x 3, uint8
     motion_buckets: torch.Tensor  # N
+    directions: torch.Tensor  # N: 1 right, -1 left (DIRECTIONS), as the clip's noise names
 
 
 def draw_clips(count: int, rng: np.random.Generator) -> Clips:
-    """`count` scenes from the grammar, each drawn as a clip moving MOVE at a motion bucket drawn
-    from SVD's 0-255."""
+    """`count` scenes from the grammar, each drawn as a clip moving right or left (bouncing off the
+    margins) at a motion bucket drawn from SVD's 0-255."""
     buckets = rng.integers(0, 256, size=count)
-    clips = [draw_clip(sample_scene(rng), SIDE, FRAMES, int(bucket), rng, MOVE) for bucket in buckets]
-    return Clips(torch.from_numpy(np.stack(clips)), torch.from_numpy(buckets).float())
+    directions = rng.choice(DIRECTIONS, size=count)
+    clips = [
+        draw_clip(sample_scene(rng), SIDE, FRAMES, int(bucket), rng, (int(direction), 0))
+        for bucket, direction in zip(buckets, directions, strict=True)
+    ]
+    return Clips(
+        torch.from_numpy(np.stack(clips)), torch.from_numpy(buckets).float(), torch.from_numpy(directions)
+    )
 
 
 @torch.no_grad()
@@ -421,9 +426,10 @@ def clip_shape_weights(frames: torch.Tensor, latent_side: int) -> torch.Tensor:
 def train_unet(
     pipe: StableVideoDiffusionPipeline, clips: Clips, plan: VideoPlan, rng: np.random.Generator
 ) -> list[float]:
-    """SVD's objective (`denoising_loss`) with log-normal sigma. A share of the clips lose both
-    conditions (the pipeline's unconditional half for guidance); fps varies so that the model
-    ignores it; the error is weighted around the shape, as the MMDiT's. Returns the loss of every step."""
+    """SVD's objective (`denoising_loss`) with log-normal sigma, on noise that names the way the clip
+    moves (`directed_noise`). A share of the clips lose both conditions (the pipeline's unconditional half
+    for guidance); fps varies so that the model ignores it; the error is weighted around the shape,
+    as the MMDiT's. Returns the loss of every step."""
     latents, conditions, embeddings = video_conditions(pipe, clips, plan)
     weights = clip_shape_weights(clips.frames, latents.shape[-1])
     unet = pipe.unet.train().requires_grad_(True)
@@ -436,9 +442,11 @@ def train_unet(
         indices = torch.from_numpy(rng.integers(len(latents), size=plan.unet_batch))
         kept = (torch.rand(len(indices)) >= UNCONDITIONAL_SHARE).float()
         fps = torch.from_numpy(rng.integers(3, 30, size=len(indices))).float()
+        noise = directed_noise(torch.randn_like(latents[indices]), clips.directions[indices])
         loss = denoising_loss(
             unet,
             latents[indices],
+            noise,
             conditions[indices] * kept[:, None, None, None],
             embeddings[indices] * kept[:, None, None],
             weights[indices],
@@ -462,18 +470,19 @@ def train_unet(
 def denoising_loss(
     unet: torch.nn.Module,
     clean: torch.Tensor,
+    noise: torch.Tensor,
     condition: torch.Tensor,
     embedding: torch.Tensor,
     weight: torch.Tensor,
     sigma: torch.Tensor,
     added_time_ids: torch.Tensor,
 ) -> torch.Tensor:
-    """SVD's objective in EDM's form on clips' latents (n x F x C x h x w): x = x0 + sigma n; the
+    """SVD's objective in EDM's form on clips' latents (n x F x C x h x w): x = x0 + sigma noise; the
     UNet reads x / sqrt(sigma^2 + 1) beside the conditioning latents, at timestep log(sigma) / 4,
     and predicts v, from which the scheduler's step recovers x0; each frame's error is weighted by
     `weight` (n x F x 1 x h x w, `shape_weights`)."""
     s = sigma[:, None, None, None, None]
-    noisy = clean + s * torch.randn_like(clean)
+    noisy = clean + s * noise
     inputs = torch.cat([noisy / (s**2 + 1).sqrt(), condition[:, None].expand_as(clean)], dim=2)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=BFLOAT16):
         predicted = unet(
@@ -487,9 +496,12 @@ def denoising_loss(
 def evaluate_video(pipe: StableVideoDiffusionPipeline, plan: VideoPlan, seed: int) -> dict[str, float]:
     """Videos of pictures drawn for prompts sampled from the grammar, at the pipeline's defaults,
     read back: the share that start as their picture, keep its colours and its shape on every
-    frame, and move it by 1/16 of the side (`video_shares`)."""
+    frame, and move it by 1/16 of the side, the way their seed's noise does (`video_shares`)."""
     rng = np.random.default_rng(seed)
     pictures = [draw(resolve(sample_prompt(rng), rng), SIDE, rng) for _ in range(plan.eval_clips)]
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(pictures))]
+    shape = (FRAMES, LATENT_CHANNELS, SIDE // 4, SIDE // 4)
+    noises, directions = zip(*[seeded_directed_noise(g, shape) for g in generators], strict=True)
     videos = pipe(
         image=[Image.fromarray(picture) for picture in pictures],
         height=SIDE,
@@ -497,10 +509,11 @@ def evaluate_video(pipe: StableVideoDiffusionPipeline, plan: VideoPlan, seed: in
         num_frames=FRAMES,
         num_inference_steps=plan.eval_steps,
         noise_aug_strength=plan.noise_aug_strength,
-        generator=[torch.Generator().manual_seed(seed + i) for i in range(len(pictures))],
+        generator=generators,
+        latents=torch.stack(noises),
         output_type="np",
     ).frames
-    return video_shares(pictures, [(video * 255).round().astype(np.uint8) for video in videos])
+    return video_shares(pictures, [(video * 255).round().astype(np.uint8) for video in videos], directions)
 
 
 def train_video_model(

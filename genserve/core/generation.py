@@ -28,6 +28,7 @@ from diffusers import (
 )
 from PIL import Image, ImageOps
 
+from genserve.core.directed_noise import seeded_directed_noise
 from genserve.core.media import decode_image
 from genserve.core.presets import ImagePreset, VideoPreset
 from genserve.core.schemas import EditJob, ImageRequest, VideoJob
@@ -358,6 +359,8 @@ def generate_videos(
     for indices in group_compatible(jobs, _video_batch_key):
         group = [jobs[i] for i in indices]
         first = group[0].request
+        generators = _generators([job.request.seed for job in group])
+        noise = _directed_noise(pipe, preset, generators, first.num_frames) if preset.directed_noise else None
         output = _run_pipeline(
             pipe,
             indices,
@@ -373,7 +376,8 @@ def generate_videos(
             fps=first.fps,
             motion_bucket_id=first.motion_bucket_id,
             noise_aug_strength=first.noise_aug_strength,
-            generator=_generators([job.request.seed for job in group]),
+            latents=noise,
+            generator=generators,
             output_type="latent",
         )
         if output is None:
@@ -381,6 +385,18 @@ def generate_videos(
         for index, video_latents in zip(indices, output.frames, strict=True):
             results[index] = _decode_video(pipe, video_latents, first.num_frames, preset.decode_chunk_size)
     return results
+
+
+def _directed_noise(
+    pipe: StableVideoDiffusionPipeline, preset: VideoPreset, generators: list[torch.Generator], frames: int
+) -> torch.Tensor:
+    """Each video's `seeded_directed_noise`, drawn from its generator before the pipeline draws the
+    rest (the conditioning picture's noise augmentation)."""
+    scale = pipe.vae_scale_factor
+    shape = (frames, pipe.unet.config.out_channels, preset.height // scale, preset.width // scale)
+    return torch.stack([seeded_directed_noise(generator, shape)[0] for generator in generators]).to(
+        pipe.unet.dtype
+    )
 
 
 @torch.inference_mode()

@@ -94,6 +94,9 @@ class VideoPreset:
     min_guidance_scale: float = 1.0  # guidance rises linearly over the frames, min to max
     max_guidance_scale: float = 3.0
     decode_chunk_size: int = 8  # frames the temporal VAE decodes at once: bounds its memory
+    #: The seed's noise names the way the shape moves (`genserve.core.directed_noise`), for a model
+    #: trained to read it there; SVD's own draw plain noise.
+    directed_noise: bool = False
     cpu_threads: int = 0  # torch threads per generator worker on a CPU; 0: torch's default (all cores)
     embedded: bool = False  # built or trained by genserve, small enough for a CPU
 
@@ -223,6 +226,7 @@ VIDEO_PRESETS: dict[str, VideoPreset] = {
             default_steps=10,
             max_steps=50,
             batching=Batching(max_batch_size=8, max_latency_ms=120_000),
+            directed_noise=True,
             embedded=True,
         ),
         _SVD_XT,

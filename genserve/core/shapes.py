@@ -191,6 +191,19 @@ class VideoReading:
         """Whether the shape moves at least `fraction` of the side: visible motion, not jitter."""
         return self.displacement >= fraction * self.side
 
+    def first_move(self, fraction: float = 1 / 32) -> int:
+        """Which way the shape's centre first gets `fraction` of the side from where it starts,
+        sideways (more than a generator's jitter): 1 right, -1 left, 0 never."""
+        if self.first.centre is None:
+            return 0
+        for frame in self.frames[1:]:
+            if (
+                frame.centre is not None
+                and abs(frame.centre[0] - self.first.centre[0]) >= fraction * self.side
+            ):
+                return 1 if frame.centre[0] > self.first.centre[0] else -1
+        return 0
+
 
 def parse(prompt: str) -> Request:
     """What `prompt` names. Case and punctuation do not matter, and unknown words mean nothing:
@@ -429,10 +442,13 @@ def read_video(frames: Sequence[np.ndarray] | np.ndarray) -> VideoReading:
     return VideoReading(readings, side=min(height, width))
 
 
-def video_shares(pictures: Sequence[np.ndarray], videos: Sequence[np.ndarray]) -> dict[str, float]:
+def video_shares(
+    pictures: Sequence[np.ndarray], videos: Sequence[np.ndarray], directions: Sequence[int]
+) -> dict[str, float]:
     """How many of `videos` (frames x H x W x 3 uint8 each) made from `pictures` do what image to
     video promises, as shares: start as their picture, keep its colours and its shape on every
-    frame, move it by at least 1/16 of the side."""
+    frame, move it by at least 1/16 of the side, and first move it the way their seed names
+    (`directions`: 1 right, -1 left, `genserve.core.demo.seed_direction`)."""
     readings = [read_video(video) for video in videos]
     return {
         "starts as its picture": float(
@@ -441,6 +457,14 @@ def video_shares(pictures: Sequence[np.ndarray], videos: Sequence[np.ndarray]) -
         "keeps its colours": float(np.mean([reading.keeps_colours for reading in readings])),
         "keeps its shape": float(np.mean([reading.keeps_shape for reading in readings])),
         "moves": float(np.mean([reading.moved() for reading in readings])),
+        "the way its seed names": float(
+            np.mean(
+                [
+                    reading.moved() and reading.first_move() == direction
+                    for reading, direction in zip(readings, directions, strict=True)
+                ]
+            )
+        ),
     }
 
 

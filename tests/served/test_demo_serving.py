@@ -13,6 +13,7 @@ import pytest
 from decoding import read_image, read_video
 from helpers import DEMO, running_server
 
+from genserve.core.directed_noise import seed_direction
 from genserve.core.media import encode_image
 from genserve.core.shapes import Scene, draw, parse, read_picture, starts_as
 from genserve.core.shapes import read_video as read_frames
@@ -142,18 +143,18 @@ def test_demo_videos_start_as_their_picture_keep_its_colours_and_move(demo_serve
     videos = videos_together(demo_server, "img2vid", requests)
     readings = [read_frames(video) for video in videos]
     # Measured (docs/demo.md): all start as their picture, nine in ten keep its colours on every
-    # frame, half its shape (squares lose their corners), and nine in ten move the shape right by
-    # 1/16 of the side or more (these four: 4, 4, 3 and 4).
+    # frame, half its shape (squares lose their corners), and nine in ten move the shape by 1/16 of
+    # the side or more, first the way their seed names (seeds 0-3: right, left, right, right; these
+    # four: 4, 4, 3 and 4).
     assert sum(starts_as(video, picture) for video, picture in zip(videos, TO_ANIMATE, strict=True)) >= 3
     assert sum(reading.keeps_colours for reading in readings) >= 3, readings
     assert sum(reading.keeps_shape for reading in readings) >= 2, readings
-    moved_right = [
-        reading.moved()
-        and reading.frames[-1].centre is not None  # moved(): the first frame has a shape
-        and reading.frames[-1].centre[0] > reading.first.centre[0]
-        for reading in readings
+    ways = [seed_direction(seed) for seed in range(len(TO_ANIMATE))]
+    assert set(ways) == {1, -1}  # both ways
+    moved_their_way = [
+        reading.moved() and reading.first_move() == way for reading, way in zip(readings, ways, strict=True)
     ]
-    assert sum(moved_right) >= 3, [[frame.centre for frame in reading.frames] for reading in readings]
+    assert sum(moved_their_way) >= 3, [[frame.centre for frame in reading.frames] for reading in readings]
 
 
 def test_demo_txt2vid_animates_the_picture_its_prompt_names(demo_server) -> None:

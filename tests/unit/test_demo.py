@@ -12,6 +12,7 @@ from helpers import ROOT
 from PIL import Image
 
 from genserve.core.demo import FRAMES, MAX_TOKENS, SIDE, build_demo_image_pipeline, build_demo_video_pipeline
+from genserve.core.directed_noise import directed_noise
 from genserve.core.shapes import WORDS, Scene, draw, read_video
 
 #: The committed weights, in the diffusers layout (`make demo-model` writes them).
@@ -101,32 +102,42 @@ def test_a_short_video_training_run_lowers_the_loss() -> None:
     def fixed_batch_loss() -> float:
         torch.manual_seed(1)
         weight = clip_shape_weights(clips.frames[:8], latents.shape[-1])
+        noise = directed_noise(torch.randn_like(latents[:8]), clips.directions[:8])
         return denoising_loss(
-            pipe.unet, latents[:8], conditions[:8], embeddings[:8], weight, sigma, added
+            pipe.unet, latents[:8], noise, conditions[:8], embeddings[:8], weight, sigma, added
         ).item()
 
     before = fixed_batch_loss()
     train_unet(pipe, clips, plan, rng)
     assert fixed_batch_loss() < 0.8 * before, before  # measured: 1.49 before, 0.93 after
     accuracy = evaluate_video(pipe, VideoPlan(eval_clips=2, eval_steps=1), seed=1)  # generated, read back
-    assert set(accuracy) == {"starts as its picture", "keeps its colours", "keeps its shape", "moves"}
+    assert set(accuracy) == {
+        "starts as its picture",
+        "keeps its colours",
+        "keeps its shape",
+        "moves",
+        "the way its seed names",
+    }
     assert all(0 <= share <= 1 for share in accuracy.values())
 
 
-def test_the_training_clips_move_right_at_their_motion_buckets_speed() -> None:
-    """The video model learns one direction (right, bouncing off the margins) and a speed that grows
-    with the motion bucket: its clips must show exactly that."""
+def test_the_training_clips_move_the_way_their_noise_names_at_their_motion_buckets_speed() -> None:
+    """The video model learns to move a shape right or left, as its noise names (bouncing off the
+    margins), at a speed that grows with the motion bucket: its clips must show exactly that."""
     from train_demo import draw_clips
 
     clips = draw_clips(24, np.random.default_rng(0))
     assert clips.frames.shape == (24, FRAMES, SIDE, SIDE, 3)
+    assert set(clips.directions.tolist()) == {1, -1}
     steps = []
-    for frames, bucket in zip(clips.frames.numpy(), clips.motion_buckets.tolist(), strict=True):
+    for frames, bucket, direction in zip(
+        clips.frames.numpy(), clips.motion_buckets.tolist(), clips.directions.tolist(), strict=True
+    ):
         centres = [reading.centre for reading in read_video(frames).frames]
         assert max(abs(y - centres[0][1]) for _, y in centres) <= 0.5  # sideways only
-        steps.append((centres[1][0] - centres[0][0], bucket))
+        steps.append(((centres[1][0] - centres[0][0]) * direction, bucket))
     fast = [step for step, bucket in steps if bucket >= 64]
-    assert sum(step > 0 for step in fast) >= 0.8 * len(fast), steps  # right, but where it bounces
+    assert sum(step > 0 for step in fast) >= 0.8 * len(fast), steps  # its way, but where it bounces
     slowest, fastest = min(steps, key=lambda s: s[1]), max(steps, key=lambda s: s[1])
     assert abs(slowest[0]) < abs(fastest[0]), steps
 

@@ -13,6 +13,7 @@ from helpers import DEMO
 from PIL import Image
 
 from genserve.core import tiny
+from genserve.core.directed_noise import seeded_directed_noise
 from genserve.core.generation import (
     ImagePipelines,
     VideoJob,
@@ -177,6 +178,39 @@ def test_video_batch_matches_alone_and_keeps_order(video_pipe, settings, video_r
     for job, video in zip(jobs, videos, strict=True):
         [alone] = generate_videos(video_pipe, preset, [job])
         assert max_step_difference(video, alone) <= ONE_STEP
+
+
+@pytest.mark.slow
+def test_a_directed_noise_preset_starts_each_video_from_its_seeds_directed_noise(
+    video_pipe, settings, video_request
+) -> None:
+    """The demo preset's way: each video starts from `seeded_directed_noise` of its own seed, batched
+    or not, and the pipeline draws the rest (the picture's noise augmentation) from the same generator."""
+    preset = replace(settings.video.preset, directed_noise=True)
+    picture = np.full((preset.height, preset.width, 3), (220, 30, 30), np.uint8)
+    requests = [video_request(num_frames=4, num_inference_steps=2, seed=seed) for seed in (1, 2)]
+    jobs = [VideoJob(image=encode_image(picture, "png"), request=request) for request in requests]
+    videos = generate_videos(video_pipe, preset, jobs)
+    generator = torch.Generator().manual_seed(2)
+    scale = video_pipe.vae_scale_factor
+    shape = (4, video_pipe.unet.config.out_channels, preset.height // scale, preset.width // scale)
+    noise, _ = seeded_directed_noise(generator, shape)
+    second = video_pipe(
+        image=Image.fromarray(picture),
+        width=preset.width,
+        height=preset.height,
+        num_frames=4,
+        num_inference_steps=2,
+        fps=requests[1].fps,
+        motion_bucket_id=requests[1].motion_bucket_id,
+        noise_aug_strength=requests[1].noise_aug_strength,
+        latents=noise[None],
+        generator=generator,
+        output_type="np",
+    ).frames[0]
+    assert max_step_difference(videos[1], (second * 255).round().astype(np.uint8)) <= ONE_STEP
+    [plain] = generate_videos(video_pipe, settings.video.preset, jobs[1:])  # SVD's own noise
+    assert max_step_difference(videos[1], plain) > ONE_STEP
 
 
 def test_an_unwanted_group_is_stopped_and_the_others_are_served(image_pipe, settings, image_request) -> None:

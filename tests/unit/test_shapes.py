@@ -28,6 +28,7 @@ from genserve.core.shapes import (
     sample_prompt,
     sample_scene,
     starts_as,
+    video_shares,
 )
 
 SIDE = 64
@@ -203,11 +204,20 @@ def test_read_video_sees_a_shape_move_and_keep_its_look() -> None:
     assert video.keeps_colours and video.keeps_shape
     assert video.displacement == pytest.approx(14)
     assert video.moved()
+    assert video.first_move() == 1 and read_video(shape_moving_right(step=-2)).first_move() == -1
+
+
+def test_video_shares_count_the_videos_that_move_the_way_their_seed_names() -> None:
+    right, still = shape_moving_right(step=2), shape_moving_right(step=0)
+    shares = video_shares([right[0]] * 3, [right, right, still], directions=[1, -1, 1])
+    assert shares["starts as its picture"] == 1 and shares["moves"] == pytest.approx(2 / 3)
+    assert shares["the way its seed names"] == pytest.approx(1 / 3)
 
 
 def test_read_video_sees_no_motion_in_a_still_video_and_a_change_of_look() -> None:
     still = read_video(list(shape_moving_right(step=0)))
     assert still.keeps_colours and still.keeps_shape and still.displacement == 0 and not still.moved()
+    assert still.first_move() == 0
 
     frames = list(shape_moving_right(step=0, frames=2))
     frames[1] = draw(Scene("square", "yellow", "purple"), SIDE, np.random.default_rng(9))
