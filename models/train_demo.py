@@ -426,10 +426,10 @@ def clip_shape_weights(frames: torch.Tensor, latent_side: int) -> torch.Tensor:
 def train_unet(
     pipe: StableVideoDiffusionPipeline, clips: Clips, plan: VideoPlan, rng: np.random.Generator
 ) -> list[float]:
-    """SVD's objective (`denoising_loss`) with log-normal sigma, on noise that names the way the clip
-    moves (`directed_noise`). A share of the clips lose both conditions (the pipeline's unconditional half
-    for guidance); fps varies so that the model ignores it; the error is weighted around the shape,
-    as the MMDiT's. Returns the loss of every step."""
+    """SVD's objective (`denoising_loss`) with log-normal sigma, on noise that names the way the
+    clip moves (`directed_noise`). A share of the clips lose both conditions (the pipeline's
+    unconditional half for guidance); fps varies so that the model ignores it; the error is
+    weighted around the shape, as the MMDiT's. Returns the loss of every step."""
     latents, conditions, embeddings = video_conditions(pipe, clips, plan)
     weights = clip_shape_weights(clips.frames, latents.shape[-1])
     unet = pipe.unet.train().requires_grad_(True)

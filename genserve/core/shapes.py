@@ -448,7 +448,7 @@ def video_shares(
     """How many of `videos` (frames x H x W x 3 uint8 each) made from `pictures` do what image to
     video promises, as shares: start as their picture, keep its colours and its shape on every
     frame, move it by at least 1/16 of the side, and first move it the way their seed names
-    (`directions`: 1 right, -1 left, `genserve.core.demo.seed_direction`)."""
+    (`directions`: 1 right, -1 left, `genserve.core.directed_noise.seed_direction`)."""
     readings = [read_video(video) for video in videos]
     return {
         "starts as its picture": float(
