@@ -359,7 +359,7 @@ class VideoPlan:
 
     clips: int = 1000
     #: About as long as the MMDiT beside it trains: more steps kept colours more often, and the
-    #: whole run stays within 30 minutes (docs/demo-training.md, run 11: 24.6).
+    #: whole run stays within 30 minutes (docs/demo-training.md, run 12: 22.9).
     unet_steps: int = 1850
     unet_batch: int = 4
     #: Log-normal noise levels (EDM's): log sigma ~ N(mean, std).
