@@ -28,7 +28,7 @@ models: setup
 	$(BIN)/python models/import_models.py --image demo --video demo
 	$(BIN)/python models/import_models.py --image tiny --video tiny
 
-# Trains the demo models again into models/demo/ (22.9 minutes on 2 idle cores: the video
+# Trains the demo models again into models/demo/ (23.9 minutes on 2 idle cores: the video
 # model beside the image model's MMDiT); `make models` then imports the new weights.
 demo-model: setup
 	$(BIN)/python models/train_demo.py --out models/demo

@@ -358,9 +358,9 @@ class VideoPlan:
     """How long each part of the video model trains."""
 
     clips: int = 1000
-    #: About as long as the MMDiT beside it trains: more steps kept colours more often, and the
-    #: whole run stays within 30 minutes (docs/demo-training.md, run 12: 22.9).
-    unet_steps: int = 1850
+    #: About as long as the MMDiT beside it trains, so that the whole run stays within 30 minutes
+    #: (docs/demo-training.md, run 13: 23.9).
+    unet_steps: int = 1550
     unet_batch: int = 4
     #: Log-normal noise levels (EDM's): log sigma ~ N(mean, std).
     sigma_log_mean: float = 0.5

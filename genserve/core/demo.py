@@ -95,15 +95,17 @@ def build_demo_image_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
 
 
 def build_demo_video_pipeline(seed: int = 0) -> StableVideoDiffusionPipeline:
-    """The untrained demo video pipeline: SVD's spatio-temporal UNet (attention on its lower level
-    only), the demo VAE (training puts the image model's in), a CLIP vision encoder, and SVD's own
-    scheduler (EDM sigmas from 700 to 0.002, v-prediction, continuous timesteps)."""
+    """The untrained demo video pipeline: SVD's spatio-temporal UNet (attention on both levels on
+    the way down), the demo VAE (training puts the image model's in), a CLIP vision encoder, and
+    SVD's own scheduler (EDM sigmas from 700 to 0.002, v-prediction, continuous timesteps)."""
     torch.manual_seed(seed)
     unet = UNetSpatioTemporalConditionModel(
         sample_size=SIDE // 4,
         in_channels=2 * LATENT_CHANNELS,  # noisy latents + the conditioning picture's latents
         out_channels=LATENT_CHANNELS,
-        down_block_types=("DownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal"),
+        # Attention at 16×16 lets a frame take a small shape's colours from where the conditioning
+        # picture shows it; at 8×8 alone small shapes blurred as they moved (docs/demo-training.md).
+        down_block_types=("CrossAttnDownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal"),
         up_block_types=("CrossAttnUpBlockSpatioTemporal", "UpBlockSpatioTemporal"),
         # SVD's UNet normalises in groups of 32 channels (its last norm is hard-coded to 32 groups):
         # at 32 channels a group is one channel, whose mean, the level that carries a flat colour,

@@ -109,7 +109,7 @@ def test_a_short_video_training_run_lowers_the_loss() -> None:
 
     before = fixed_batch_loss()
     train_unet(pipe, clips, plan, rng)
-    assert fixed_batch_loss() < 0.8 * before, before  # measured: 1.63 before, 1.07 after
+    assert fixed_batch_loss() < 0.8 * before, before  # measured: 1.54 before, 1.04 after
     accuracy = evaluate_video(pipe, VideoPlan(eval_clips=2, eval_steps=1), seed=1)  # generated, read back
     assert set(accuracy) == {
         "starts as its picture",
