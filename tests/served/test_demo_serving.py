@@ -143,7 +143,7 @@ def test_demo_videos_start_as_their_picture_keep_its_colours_and_move(demo_serve
     videos = videos_together(demo_server, "img2vid", requests)
     readings = [read_frames(video) for video in videos]
     # Measured (docs/demo.md): all start as their picture, most keep its colours on every frame
-    # (94 %), half its shape (squares lose their corners), and nine in ten move the shape by 1/16 of
+    # (94 %), half its shape (moving squares shear), and nine in ten move the shape by 1/16 of
     # the side or more, first the way their seed names (seeds 0-3: right, left, right, right). These
     # four, in process through MP4: all start as their picture, keep its colours and move their
     # seed's way; three keep its shape (not the small square).
